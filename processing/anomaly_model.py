@@ -1,0 +1,77 @@
+"""The method contract every `-a` method implements (see DESIGN.md, "The method contract").
+
+finetune.py and test.py only call `anomaly_map`, `score` and `maps_and_scores`; they never
+branch on the method.
+"""
+import keras
+import numpy as np
+from scipy import ndimage
+
+from processing.errors import UserError
+
+
+class AnomalyModel(keras.Model):
+    """Base class: subclasses implement `_batch_maps(images) -> (n, H, W)` maps, higher = more anomalous."""
+
+    method_name = "base"
+    trains_by_gradient = True  # False: train.py skips fit() and only calibrates
+    score_sigma = 4.0  # Gaussian blur before taking the max, so one hot pixel does not decide a score
+    inference_batch_size = 32
+
+    def __init__(self, input_size=256, channels=3, **kwargs):
+        super().__init__(**kwargs)
+        self.input_size = int(input_size)
+        self.channels = int(channels)
+
+    def get_config(self):
+        return {**super().get_config(), "input_size": self.input_size, "channels": self.channels}
+
+    # ---- what a method may override
+    def calibrate(self, normal_images):
+        """Fit what gradients do not learn (detector statistics, centres, memory banks). No-op by default."""
+
+    def configure_maps(self, **options):
+        """Switch how maps are computed (e.g. the residual kind of autoencoders)."""
+        if options:
+            raise UserError(f"{', '.join(options)} cannot be set for method {self.method_name}: "
+                            "these options apply to autoencoders only")
+
+    def map_options(self):
+        return {}
+
+    def inspection_rows(self, images):
+        """Rows of pictures that show what the model does with `images` (train.py -i)."""
+        maps = self.anomaly_map(images)
+        return [[image, heat] for image, heat in zip(images, maps)]
+
+    def _batch_maps(self, images):
+        raise NotImplementedError
+
+    # ---- the shared contract
+    def check_images(self, images):
+        images = np.asarray(images, np.float32)
+        expected = (self.input_size, self.input_size, self.channels)
+        if images.ndim != 4 or images.shape[1:] != expected:
+            raise UserError(f"images have shape {images.shape[1:]} but the model expects {expected}; "
+                            "use the --size and -c the model was trained with")
+        return images
+
+    def anomaly_map(self, images):
+        """(N, H, W) float32, same H, W as the input, higher = more anomalous."""
+        images = self.check_images(images)
+        step = self.inference_batch_size
+        maps = [np.asarray(self._batch_maps(images[i:i + step]), np.float32) for i in range(0, len(images), step)]
+        return np.concatenate(maps) if maps else np.zeros(images.shape[:3], np.float32)
+
+    def score_from_maps(self, maps):
+        smoothed = ndimage.gaussian_filter(maps, sigma=(0, self.score_sigma, self.score_sigma), mode="nearest")
+        return smoothed.reshape(len(maps), -1).max(axis=1).astype(np.float32)
+
+    def score(self, images):
+        """(N,) float32 image score, higher = more anomalous."""
+        return self.maps_and_scores(images)[1]
+
+    def maps_and_scores(self, images):
+        """Both in one pass, for the CLIs."""
+        maps = self.anomaly_map(images)
+        return maps, self.score_from_maps(maps)

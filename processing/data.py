@@ -1,0 +1,211 @@
+"""MVTec-layout folders -> file lists, seeded splits and tf.data pipelines.
+
+Layout: train/good/*.png, test/<defect or good>/*.png, ground_truth/<defect>/<stem>_mask.png.
+Images load as float32 in [0, 1] at the method's input size, in RGB or grayscale.
+"""
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from processing.errors import UserError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+DATA_ROOT_ENV = "ANOMALY_DATA_ROOT"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA_ROOT = "datasets"
+SYNTHETIC = "synthetic"
+GOOD = "good"
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: str  # relative to the dataset root, so run files stay valid if the root moves
+    defect: str  # "good" or the defect type
+    mask: str | None = None
+
+    @property
+    def label(self):
+        return int(self.defect != GOOD)
+
+
+@dataclass
+class Dataset:
+    root: Path
+    name: str
+    train: list = field(default_factory=list)
+    test: list = field(default_factory=list)
+
+    def absolute(self, relative):
+        return str(self.root / relative)
+
+
+def default_data_root():
+    return os.environ.get(DATA_ROOT_ENV, DEFAULT_DATA_ROOT)
+
+
+def resolve_dataset(name_or_path, data_root=None):
+    """Return (root folder, dataset name) for `-d`: the built-in synthetic set, a path, or a name under the data root."""
+    if name_or_path == SYNTHETIC:
+        from processing.synthetic import generate_synthetic_dataset
+
+        return generate_synthetic_dataset(PROJECT_ROOT / DEFAULT_DATA_ROOT / SYNTHETIC), SYNTHETIC
+    data_root = Path(data_root or default_data_root())
+    candidate = Path(name_or_path)
+    for root in (candidate, data_root / candidate):
+        if root.is_dir():
+            return root.resolve(), _dataset_name(root.resolve(), data_root, name_or_path)
+    raise UserError(f"dataset folder not found: '{name_or_path}' (also looked in '{data_root / candidate}'); "
+                    f"pass a folder in MVTec layout with -d, or a name under --data-root")
+
+
+def _dataset_name(root, data_root, given):
+    try:
+        return str(root.relative_to(data_root.resolve()))
+    except ValueError:
+        return f"{root.parent.name}/{root.name}" if root.parent.name else root.name
+
+
+def _images_in(folder):
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def scan_dataset(root, name=None):
+    """List train and test samples of an MVTec-layout folder, checking masks exist."""
+    root = Path(root)
+    train_dir = root / "train" / GOOD
+    if not train_dir.is_dir():
+        raise UserError(f"{root} has no train/good folder; expected MVTec layout "
+                        "(train/good, test/<defect>, ground_truth/<defect>)")
+    train = [Sample(str(p.relative_to(root)), GOOD) for p in _images_in(train_dir)]
+    if not train:
+        raise UserError(f"{train_dir} holds no images ({', '.join(IMAGE_SUFFIXES)}); "
+                        "put the normal training images there")
+    test = []
+    test_dir = root / "test"
+    if test_dir.is_dir():
+        for defect_dir in sorted(d for d in test_dir.iterdir() if d.is_dir()):
+            for path in _images_in(defect_dir):
+                test.append(_test_sample(root, defect_dir.name, path))
+    return Dataset(root=root, name=name or root.name, train=train, test=test)
+
+
+def _test_sample(root, defect, path):
+    if defect == GOOD:
+        return Sample(str(path.relative_to(root)), GOOD)
+    mask = root / "ground_truth" / defect / f"{path.stem}_mask.png"
+    if not mask.is_file():
+        raise UserError(f"mask missing for {path.relative_to(root)}: expected {mask.relative_to(root)}")
+    return Sample(str(path.relative_to(root)), defect, str(mask.relative_to(root)))
+
+
+def check_images(dataset, samples):
+    """Fail early with the file's name if an image or mask does not decode or sizes differ."""
+    for sample in samples:
+        size = _decoded_size(dataset.root / sample.path)
+        if sample.mask is not None:
+            mask_size = _decoded_size(dataset.root / sample.mask)
+            if mask_size != size:
+                raise UserError(f"mask {sample.mask} is {mask_size[0]}x{mask_size[1]} but its image "
+                                f"{sample.path} is {size[0]}x{size[1]}; masks must match their images")
+
+
+def _decoded_size(path):
+    try:
+        with Image.open(path) as image:
+            image.load()  # load() decodes everything, so truncated files fail here, not in tf.data
+            return image.size
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise UserError(f"cannot decode image {path}: {error}; remove or replace the file") from error
+
+
+def native_size(dataset):
+    """Side of the first training image: the default input size, so nothing is resized by default."""
+    width, height = _decoded_size(dataset.root / dataset.train[0].path)
+    return min(width, height)
+
+
+# ---------------------------------------------------------------- splits
+
+def split_train_validation(samples, validation_fraction, seed):
+    """Seeded split of train/good into train and validation (at least one of each when possible)."""
+    order = np.random.default_rng(seed).permutation(len(samples))
+    n_val = int(round(validation_fraction * len(samples)))
+    n_val = min(max(n_val, 1 if len(samples) > 1 and validation_fraction > 0 else 0), len(samples) - 1)
+    val_idx = set(order[:n_val].tolist())
+    train = [s for i, s in enumerate(samples) if i not in val_idx]
+    return train, [s for i, s in enumerate(samples) if i in val_idx]
+
+
+def split_finetune_evaluation(samples, finetune_fraction, seed):
+    """Disjoint finetune/evaluation split of the test set, stratified by defect type and seeded."""
+    rng = np.random.default_rng(seed)
+    finetune, evaluation = [], []
+    for defect in sorted({s.defect for s in samples}):
+        group = [s for s in samples if s.defect == defect]
+        order = rng.permutation(len(group))
+        n_finetune = int(round(finetune_fraction * len(group)))
+        if len(group) >= 2:  # keep every defect type on both sides when it has two images
+            n_finetune = min(max(n_finetune, 1), len(group) - 1)
+        chosen = set(order[:n_finetune].tolist())
+        finetune += [s for i, s in enumerate(group) if i in chosen]
+        evaluation += [s for i, s in enumerate(group) if i not in chosen]
+    return finetune, evaluation
+
+
+def samples_to_json(samples):
+    return [{"path": s.path, "defect": s.defect, "mask": s.mask} for s in samples]
+
+
+def samples_from_json(items):
+    return [Sample(item["path"], item["defect"], item["mask"]) for item in items]
+
+
+# ---------------------------------------------------------------- tf.data
+
+def _decode(path, channels, size):
+    import tensorflow as tf
+
+    raw = tf.io.read_file(path)
+    image = tf.io.decode_image(raw, channels=channels, expand_animations=False, dtype=tf.float32)
+    image = tf.image.resize(image, (size, size), method="bilinear", antialias=True)
+    image.set_shape((size, size, channels))
+    return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def _decode_mask(path, size):
+    import tensorflow as tf
+
+    mask = tf.io.decode_image(tf.io.read_file(path), channels=1, expand_animations=False)
+    mask = tf.image.resize(mask, (size, size), method="nearest")
+    mask.set_shape((size, size, 1))
+    return mask[..., 0] > 127
+
+
+def image_dataset(dataset, samples, size, channels, batch_size, shuffle=False, seed=0, repeat_as_target=False):
+    """tf.data of float32 images in [0, 1]; `repeat_as_target` yields (x, x) pairs for autoencoders."""
+    import tensorflow as tf
+
+    paths = [dataset.absolute(s.path) for s in samples]
+    ds = tf.data.Dataset.from_tensor_slices(paths)
+    ds = ds.map(lambda p: _decode(p, channels, size), num_parallel_calls=tf.data.AUTOTUNE).cache()
+    if shuffle:
+        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    if repeat_as_target:
+        ds = ds.map(lambda x: (x, x))
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def load_arrays(dataset, samples, size, channels):
+    """Images (N, size, size, C) float32 and masks (N, size, size) bool, aligned with `samples`."""
+    import tensorflow as tf
+
+    images = np.stack([_decode(dataset.absolute(s.path), channels, size).numpy() for s in samples]) \
+        if samples else np.zeros((0, size, size, channels), np.float32)
+    masks = np.zeros((len(samples), size, size), bool)
+    for i, sample in enumerate(samples):
+        if sample.mask is not None:
+            masks[i] = _decode_mask(tf.constant(dataset.absolute(sample.mask)), size).numpy()
+    return images, masks
