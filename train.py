@@ -105,7 +105,8 @@ def train(config):
         progress = EpochProgress(len(train_samples), config.epochs)
         monitor = "val_loss" if val_ds is not None else "loss"
         stopper = keras.callbacks.EarlyStopping(monitor=monitor, patience=config.patience, restore_best_weights=True)
-        fit = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=[progress, stopper], verbose=0)
+        fit = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=[progress, stopper],
+                        shuffle=False, verbose=0)  # tf.data already shuffles
         history = {key: [float(v) for v in values] for key, values in fit.history.items()}
         images_per_second = progress.images_per_second
         plot_training_curves(run_dir / "training_curves.png", history, title=f"{config.method} on {name}")

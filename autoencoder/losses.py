@@ -16,28 +16,36 @@ WINDOW, SIGMA, K1, K2 = 11, 1.5, 0.01, 0.03
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
 
-def _gaussian_window(channels):
+def _gaussian_1d():
     offsets = np.arange(WINDOW) - (WINDOW - 1) / 2
     g = np.exp(-(offsets ** 2) / (2 * SIGMA ** 2))
-    g /= g.sum()
-    window = np.outer(g, g).astype(np.float32)[:, :, None, None]
-    return np.tile(window, (1, 1, channels, 1))
+    return (g / g.sum()).astype(np.float32)
 
 
-def _local_mean(x, window):
+def _local_means(*tensors):
+    """Gaussian-weighted local means of several tensors in one pass.
+
+    The Gaussian is separable, so two 1-D passes (2 x 11 taps) replace the 11 x 11 window: about
+    5x less work, which matters most for the gradient during training.
+    """
+    stacked = ops.concatenate(tensors, axis=-1)
+    channels = stacked.shape[-1]
+    g = _gaussian_1d()
+    vertical = np.tile(g[:, None, None, None], (1, 1, channels, 1))
+    horizontal = np.tile(g[None, :, None, None], (1, 1, channels, 1))
     pad = WINDOW // 2
-    x = ops.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="symmetric")
-    return ops.depthwise_conv(x, window, strides=1, padding="valid")
+    stacked = ops.pad(stacked, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="symmetric")
+    means = ops.depthwise_conv(ops.depthwise_conv(stacked, vertical, padding="valid"), horizontal, padding="valid")
+    return ops.split(means, len(tensors), axis=-1)
 
 
 def _ssim_terms(x, y):
     """Per-pixel, per-channel luminance and contrast-structure terms."""
-    window = _gaussian_window(x.shape[-1])
     c1, c2 = (K1 * DATA_RANGE) ** 2, (K2 * DATA_RANGE) ** 2
-    mu_x, mu_y = _local_mean(x, window), _local_mean(y, window)
-    var_x = _local_mean(x * x, window) - mu_x ** 2
-    var_y = _local_mean(y * y, window) - mu_y ** 2
-    cov_xy = _local_mean(x * y, window) - mu_x * mu_y
+    mu_x, mu_y, mean_xx, mean_yy, mean_xy = _local_means(x, y, x * x, y * y, x * y)
+    var_x = mean_xx - mu_x ** 2
+    var_y = mean_yy - mu_y ** 2
+    cov_xy = mean_xy - mu_x * mu_y
     luminance = (2 * mu_x * mu_y + c1) / (mu_x ** 2 + mu_y ** 2 + c1)
     contrast_structure = (2 * cov_xy + c2) / (var_x + var_y + c2)
     return luminance, contrast_structure

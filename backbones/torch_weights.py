@@ -9,6 +9,8 @@ Unpickling runs code chosen by the file, so only the few globals a state dict ne
 a crafted file asking for anything else (os.system, eval, ...) is refused before it runs.
 """
 import collections
+import math
+import os
 import pickle
 
 import numpy as np
@@ -51,6 +53,8 @@ class _PendingTensor:
         # Bounds check first: as_strided would otherwise read memory outside the buffer.
         if self.offset < 0 or any(stride < 0 for stride in self.strides):
             raise CheckpointError("tensor with a negative offset or stride")
+        if math.prod(self.shape) > self.storage.numel:  # also stops huge copies of 0-stride views
+            raise CheckpointError("tensor has more elements than its storage")
         if 0 not in self.shape:
             last = self.offset + sum((size - 1) * stride for size, stride in zip(self.shape, self.strides))
             if last >= self.storage.numel:
@@ -102,7 +106,9 @@ def read_state_dict(path):
             return _read(file)
     except CheckpointError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError) as error:
+    # MemoryError too: pickle raises it for a corrupted length field, before allocating anything large.
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
+            MemoryError) as error:
         raise CheckpointError(f"not a legacy torch state dict ({type(error).__name__}: {error})") from error
 
 
@@ -123,12 +129,18 @@ def _read(file):
         count = int(np.frombuffer(file.read(8), dtype=f"{byte_order}i8")[0])
         if count != storage.numel:
             raise CheckpointError(f"storage {key} holds {count} elements, expected {storage.numel}")
-        raw = file.read(count * storage.dtype.itemsize)
-        if len(raw) != count * storage.dtype.itemsize:
+        size = count * storage.dtype.itemsize
+        if size > remaining(file):  # checked first: a corrupted count must not trigger a huge read
             raise CheckpointError(f"file ends inside storage {key}")
+        raw = file.read(size)
         storage.data = np.frombuffer(raw, dtype=storage.dtype)
     if not isinstance(state_dict, dict) or not all(isinstance(v, _PendingTensor) for v in state_dict.values()):
         raise CheckpointError("top-level object is not a dict of tensors")
     if any(storage.data is None for storage in storages.values()):
         raise CheckpointError("some storages have no data")
     return collections.OrderedDict((name, tensor.to_numpy()) for name, tensor in state_dict.items())
+
+
+def remaining(file):
+    """Bytes left after the current position of a seekable file."""
+    return os.fstat(file.fileno()).st_size - file.tell()

@@ -1,4 +1,6 @@
 """Checks shared by all detectors; each raises UserError with a message the user can act on."""
+import numbers
+
 import numpy as np
 
 from processing.errors import UserError
@@ -23,7 +25,7 @@ def check_features(X, what="features"):
 
 
 def check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise UserError(f"{name} must be a positive integer; got {value!r}")
 
 
@@ -33,5 +35,5 @@ def check_choice(name, value, choices):
 
 
 def check_fraction(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value <= 1:
         raise UserError(f"{name} must be a number in (0, 1]; got {value!r}")

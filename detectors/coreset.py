@@ -4,7 +4,8 @@ The coreset is chosen by iterative farthest-point selection: start from a random
 repeatedly add the vector farthest from everything picked so far. Selection runs on a Gaussian
 random projection of the features to `projection_dim` dims (cheaper, and distances are roughly
 preserved); features with at most `projection_dim` dims are used as they are. The bank stores the
-ORIGINAL full-dimensional vectors. It holds round(coreset_ratio * n) vectors.
+ORIGINAL full-dimensional vectors, in selection order, and holds round(coreset_ratio * n) of
+them (Python's round: nearest integer, halves to even).
 
 The score is the Euclidean distance to the nearest bank vector (k=1), or the mean distance to the
 k nearest.
@@ -44,7 +45,7 @@ class CoresetMemoryBank(Detector):
         size = round(self.coreset_ratio * len(X))
         selection_features = random_projection(X, self.projection_dim, rng)
         picks = greedy_coreset_indices(selection_features, size, first_index=int(rng.integers(len(X))))
-        self.memory_bank_ = X[np.sort(picks)]
+        self.memory_bank_ = X[picks]
 
     def _score(self, X):
         return nearest_distances(X, self.memory_bank_, self.k, self.batch_size).mean(axis=1)

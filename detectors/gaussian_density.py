@@ -27,4 +27,4 @@ class GaussianDensityDetector(Detector):
         self.log_normalizer_ = np.array((X.shape[1] * np.log(2 * np.pi) + log_det) / 2, dtype=np.float32)
 
     def _score(self, X):
-        return squared_mahalanobis(X, self.mean_, self.precision_) / 2 + np.float64(self.log_normalizer_)
+        return squared_mahalanobis(X, self.mean_, self.precision_) / 2 + self.log_normalizer_

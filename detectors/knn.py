@@ -32,7 +32,8 @@ class KNNDetector(Detector):
         return self.k, f"for k={self.k}"
 
     def _fit(self, X):
-        self.train_features_ = self._prepare(X)
+        # np.array copies: the detector must not change when the caller reuses its array.
+        self.train_features_ = np.array(self._prepare(X))
 
     def _score(self, X):
         distances = nearest_distances(self._prepare(X), self.train_features_, self.k, self.batch_size)

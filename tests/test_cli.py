@@ -1,0 +1,118 @@
+"""The three commands end to end, as a user runs them, on small data."""
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import finetune
+import test as test_cli
+import train
+
+
+def run_cli(module, argv, capsys):
+    """Run a CLI in-process; return (exit code, stderr)."""
+    try:
+        module.main(argv)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _train(dataset, *extra):
+    return train.main(["-d", str(dataset), "-a", "mvtecCAE", "--size", "64", "-e", "2", "-b", "8", *extra])
+
+
+def test_train_finetune_test_end_to_end(workdir, small_synthetic):
+    run_dir = _train(small_synthetic, "-i")
+    assert (workdir / "saved_models/latest").resolve() == run_dir.resolve()
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["method"] == "mvtecCAE" and run["seed"] == 0 and len(run["history"]["loss"]) == 2
+    assert {"train", "validation", "finetune", "evaluation"} <= set(run["splits"])
+    finetune_paths = {s["path"] for s in run["splits"]["finetune"]}
+    assert not finetune_paths & {s["path"] for s in run["splits"]["evaluation"]}
+    assert (run_dir / "inspect_validation.png").is_file() and (run_dir / "training_curves.png").is_file()
+
+    tuned_path = finetune.main(["-t", "uint8"])
+    tuned = json.loads(tuned_path.read_text())
+    assert tuned["model_run"] == run["run_id"] and tuned["min_area"] >= 1
+    assert (run_dir / "finetune_search.png").is_file()
+
+    results = test_cli.main(["--save"])
+    metrics = json.loads((results / "metrics.json").read_text())
+    for key in ("image_auroc", "pixel_auroc", "aupro_0.3", "image_f1_max"):
+        assert 0 <= metrics["full_test_set"][key] <= 1
+    rows = list(csv.DictReader((results / "per_image.csv").open()))
+    evaluation = [r for r in rows if r["split"] == "evaluation"]
+    assert len(rows) == 30 and metrics["n_evaluation_images"] == len(evaluation)
+    matrix = np.array(metrics["evaluation_set"]["confusion_matrix"])
+    assert matrix.sum() == len(evaluation)  # threshold metrics use evaluation images only
+    predicted_defective = sum(int(r["prediction"]) for r in evaluation)
+    assert matrix[:, 1].sum() == predicted_defective
+    assert len(list((results / "segmentation").glob("*.png"))) == len(rows)
+    assert (results / "roc_curve.png").is_file() and (results / "score_histogram.png").is_file()
+
+
+def test_training_is_reproducible_with_seed(workdir, small_synthetic):
+    first = json.loads((_train(small_synthetic, "--seed", "5") / "run.json").read_text())
+    second = json.loads((_train(small_synthetic, "--seed", "5") / "run.json").read_text())
+    assert first["history"] == second["history"] and first["splits"] == second["splits"]
+
+
+def test_unknown_method_lists_valid_names(workdir, small_synthetic, capsys):
+    code, err = run_cli(train, ["-d", str(small_synthetic), "-a", "nosuch"], capsys)
+    assert code == 2 and "unknown method 'nosuch'" in err and "mvtecCAE" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_dataset_is_one_clear_line(workdir, capsys):
+    code, err = run_cli(train, ["-d", "does/not/exist"], capsys)
+    assert code == 2 and err.startswith("error: dataset folder not found") and len(err.strip().splitlines()) == 1
+
+
+def test_finetune_without_a_model_says_train_first(workdir, capsys):
+    code, err = run_cli(finetune, [], capsys)
+    assert code == 2 and "run train.py first" in err
+
+
+def test_corrupt_model_file_is_a_clear_error_and_keeps_earlier_results(workdir, small_synthetic, capsys):
+    run_dir = _train(small_synthetic, "-e", "1")
+    finetune.main([])
+    before = (run_dir / "finetune.json").read_bytes()
+    (run_dir / "model.keras").write_bytes(b"not a zip file")
+    code, err = run_cli(finetune, [], capsys)
+    assert code == 2 and "cannot load" in err and "Traceback" not in err
+    assert (run_dir / "finetune.json").read_bytes() == before
+
+
+def test_finetune_json_from_another_model_is_refused(workdir, small_synthetic, capsys):
+    first = _train(small_synthetic, "-e", "1")
+    finetune.main([])
+    second = _train(small_synthetic, "-e", "1")
+    (second / "finetune.json").write_bytes((first / "finetune.json").read_bytes())
+    code, err = run_cli(test_cli, ["-p", str(second)], capsys)
+    assert code == 2 and "written for another model" in err
+
+
+def test_residual_option_is_recorded_and_reused(workdir, small_synthetic):
+    run_dir = _train(small_synthetic, "-e", "1", "-l", "ssim")
+    tuned = json.loads(finetune.main(["-p", str(run_dir / "model.keras"), "-m", "l2"]).read_text())
+    assert tuned["map_options"] == {"residual": "l2"}
+
+
+def test_real_category_smoke(workdir, shared_data):
+    """mvtec_ad/bottle from ../shared/data through all three commands (grayscale, small size, one epoch)."""
+    run_dir = train.main(["--data-root", str(shared_data), "-d", "mvtec_ad/bottle", "-a", "resnetCAE", "-l", "l2",
+                          "-c", "grayscale", "--size", "64", "-e", "1", "-b", "16"])
+    assert json.loads((run_dir / "run.json").read_text())["dataset"]["name"] == "mvtec_ad/bottle"
+    finetune.main([])
+    metrics = json.loads((test_cli.main([]) / "metrics.json").read_text())
+    assert metrics["n_test_images"] == 83 and 0 <= metrics["full_test_set"]["aupro_0.3"] <= 1
