@@ -66,7 +66,7 @@ def finetune(config):
     low, high = float(maps.min()), float(maps.max())
     if config.dtype == "uint8":
         search_maps = finetuning.quantise_maps(maps, low, high)
-        thresholds = np.unique(np.linspace(0, 255, min(config.n_thresholds, 256)).round().astype(np.uint8))
+        thresholds = np.unique(np.linspace(0, 254, min(config.n_thresholds, 255)).round().astype(np.uint8))
     else:
         search_maps = maps
         thresholds = finetuning.threshold_candidates(maps, n=config.n_thresholds)

@@ -1,0 +1,86 @@
+"""Shared benchmark machinery: run train -> finetune -> test for one method on one category and
+collect a row; write the table as CSV + markdown with the machine and versions.
+
+Each run uses the same three library calls as the CLIs, in a scratch folder, so a benchmark
+measures exactly what users run.
+"""
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+SHARED_DATA = ROOT.parent / "shared" / "data"
+COLUMNS = ("method", "category", "image_auroc", "pixel_auroc", "aupro", "image_f1_max", "eval_f1",
+           "train_s", "train_img_s", "infer_img_s", "peak_mem_mb")
+
+
+def categories(data_root, selected=None):
+    """`dataset/category` names under data_root that have train/good."""
+    found = sorted(str(p.parent.parent.relative_to(data_root)) for p in Path(data_root).glob("*/*/train/good"))
+    return [c for c in found if not selected or c in selected]
+
+
+def run_one(method, category, data_root, workdir, train_args=()):
+    """Train, finetune and test `method` on `category`; return one row of COLUMNS."""
+    import finetune
+    import test as test_cli
+    import train
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    previous = os.getcwd()
+    os.chdir(workdir)
+    try:
+        started = time.perf_counter()
+        run_dir = train.train(train.parse_args(["--data-root", str(data_root), "-d", category, "-a", method, *train_args]))
+        train_seconds = time.perf_counter() - started
+        finetune.finetune(finetune.parse_args(["-p", str(run_dir)]))
+        results_dir = test_cli.evaluate(test_cli.parse_args(["-p", str(run_dir)]))
+    finally:
+        os.chdir(previous)
+    run = json.loads((run_dir / "run.json").read_text())
+    metrics = json.loads((results_dir / "metrics.json").read_text())
+    full, evaluation = metrics["full_test_set"], metrics.get("evaluation_set", {})
+    rates = run.get("train_images_per_second") or []
+    return {
+        "method": method, "category": category,
+        "image_auroc": full.get("image_auroc"), "pixel_auroc": full.get("pixel_auroc"),
+        "aupro": full.get("aupro_0.3"), "image_f1_max": full.get("image_f1_max"), "eval_f1": evaluation.get("f1"),
+        "train_s": train_seconds, "train_img_s": max(rates) if rates else None,
+        "infer_img_s": metrics["inference_images_per_second"],
+        "peak_mem_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def _cell(value):
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) and value <= 1.0 else (f"{value:.1f}" if isinstance(value, float) else str(value))
+
+
+def write_table(rows, out_stem, title):
+    """Print the table and write <out_stem>.csv and <out_stem>.md (with machine and versions)."""
+    import pandas as pd
+
+    from processing import atomic, runs
+
+    out_stem = Path(out_stem)
+    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    header = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
+    body = "".join("| " + " | ".join(_cell(row.get(c)) for c in COLUMNS) + " |\n" for row in rows)
+    versions = runs.versions()
+    note = (f"# {title}\n\nMachine: {versions.pop('machine')}. Versions: "
+            + ", ".join(f"{k} {v}" for k, v in versions.items())
+            + f". Date: {time.strftime('%Y-%m-%d')}. Threshold-free metrics on the full test set; "
+              "eval_f1 at the finetuned threshold on the evaluation split. peak_mem_mb is the "
+              "process's peak resident memory so far (it only grows across rows).\n\n")
+    atomic.write_text(out_stem.with_suffix(".csv"), frame.to_csv(index=False))
+    atomic.write_text(out_stem.with_suffix(".md"), note + header + body)
+    print(header + body, flush=True)
