@@ -22,8 +22,10 @@ COLUMNS = ("method", "category", "image_auroc", "pixel_auroc", "aupro", "image_f
 
 
 def categories(data_root, selected=None):
-    """`dataset/category` names under data_root that have train/good."""
-    found = sorted(str(p.parent.parent.relative_to(data_root)) for p in Path(data_root).glob("*/*/train/good"))
+    """`dataset/category` names under data_root that have train/good, smallest training set first
+    (so an interrupted benchmark has covered as many categories as possible)."""
+    folders = sorted(Path(data_root).glob("*/*/train/good"), key=lambda p: (len(list(p.iterdir())), str(p)))
+    found = [str(p.parent.parent.relative_to(data_root)) for p in folders]
     return [c for c in found if not selected or c in selected]
 
 
@@ -43,6 +45,7 @@ def run_one(method, category, data_root, workdir, train_args=()):
         train_seconds = time.perf_counter() - started
         finetune.finetune(finetune.parse_args(["-p", str(run_dir)]))
         results_dir = test_cli.evaluate(test_cli.parse_args(["-p", str(run_dir)]))
+        run_dir, results_dir = run_dir.resolve(), results_dir.resolve()
     finally:
         os.chdir(previous)
     run = json.loads((run_dir / "run.json").read_text())

@@ -116,3 +116,20 @@ def test_real_category_smoke(workdir, shared_data):
     finetune.main([])
     metrics = json.loads((test_cli.main([]) / "metrics.json").read_text())
     assert metrics["n_test_images"] == 83 and 0 <= metrics["full_test_set"]["aupro_0.3"] <= 1
+
+
+def test_model_path_that_does_not_exist_or_is_not_ours(workdir, capsys):
+    code, err = run_cli(test_cli, ["-p", "nowhere/model.keras"], capsys)
+    assert code == 2 and "model file not found: nowhere/model.keras" in err
+    stray = workdir / "stray" / "model.keras"
+    stray.parent.mkdir()
+    stray.write_bytes(b"PK")
+    code, err = run_cli(finetune, ["-p", str(stray)], capsys)
+    assert code == 2 and "run file" in err and "not found" in err
+
+
+def test_empty_train_folder_via_cli(workdir, capsys):
+    (workdir / "part/train/good").mkdir(parents=True)
+    code, err = run_cli(train, ["-d", str(workdir / "part")], capsys)
+    assert code == 2 and "holds no images" in err
+    assert not (workdir / "saved_models").exists()

@@ -114,3 +114,23 @@ def test_real_category_loads(shared_data):
     defect = next(s for s in dataset.test if s.mask)
     _, masks = data.load_arrays(dataset, [defect], 256, 3)
     assert masks.any()
+
+
+def test_grayscale_folder_loads_as_rgb_or_grayscale(tmp_path):
+    gray = np.tile(np.arange(32, dtype=np.uint8)[None, :] * 8, (32, 1))
+    for i in range(3):
+        _write(tmp_path / "train/good" / f"{i:03d}.png", gray)
+    dataset = data.scan_dataset(tmp_path)
+    as_rgb, _ = data.load_arrays(dataset, dataset.train, 32, 3)
+    as_gray, _ = data.load_arrays(dataset, dataset.train, 32, 1)
+    assert as_rgb.shape == (3, 32, 32, 3) and as_gray.shape == (3, 32, 32, 1)
+    np.testing.assert_allclose(as_rgb[..., 0], as_rgb[..., 2])
+    np.testing.assert_allclose(as_gray[0, 0, :, 0], gray[0] / 255, atol=1e-6)
+
+
+def test_rgb_folder_loads_as_grayscale(tiny_dataset):
+    dataset = data.scan_dataset(tiny_dataset)
+    images, _ = data.load_arrays(dataset, dataset.train[:1], 32, 1)
+    rgb = np.asarray(Image.open(tiny_dataset / dataset.train[0].path), np.float32) / 255
+    luma = rgb @ np.array([0.2989, 0.587, 0.114], np.float32)  # ITU-R 601, as tf.image.rgb_to_grayscale
+    np.testing.assert_allclose(images[0, ..., 0], luma, atol=2 / 255)
