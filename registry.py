@@ -15,8 +15,23 @@ def _autoencoder(architecture):
     return build
 
 
+def _patchcore(config):
+    from memorybank.patchcore import PatchCore
+
+    return PatchCore(backbone=config.backbone, coreset_ratio=config.coreset_ratio, input_size=config.size,
+                     channels=config.channels)
+
+
+def _padim(config):
+    from memorybank.padim import PaDiM
+
+    return PaDiM(backbone=config.backbone, padim_features=config.padim_features, seed=config.seed,
+                 input_size=config.size, channels=config.channels)
+
+
 BUILDERS = {name: _autoencoder(name) for name in ("mvtecCAE", "baselineCAE", "inceptionCAE", "resnetCAE", "skipCAE")}
 AUTOENCODERS = tuple(BUILDERS)
+BUILDERS.update(patchcore=_patchcore, padim=_padim)
 
 
 def method_names():
@@ -32,3 +47,5 @@ def build_method(name, config):
 def register_all():
     """Import every method class so keras.saving.load_model can find it."""
     import autoencoder.model  # noqa: F401
+    import memorybank.padim  # noqa: F401
+    import memorybank.patchcore  # noqa: F401

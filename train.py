@@ -34,6 +34,9 @@ class TrainConfig:
     validation_fraction: float
     finetune_fraction: float
     latent_dim: int | None
+    backbone: str
+    coreset_ratio: float
+    padim_features: int
 
     @property
     def channels(self):
@@ -61,6 +64,10 @@ def parse_args(argv=None):
     parser.add_argument("--finetune-fraction", type=float, default=0.3,
                         help="part of the test set used to choose the threshold (the rest evaluates it)")
     parser.add_argument("--latent-dim", type=int, default=None, help="autoencoder code size (default per architecture)")
+    parser.add_argument("--backbone", choices=("lite0", "lite1", "lite2"), default="lite0",
+                        help="pretrained EfficientNet-Lite for patchcore and padim")
+    parser.add_argument("--coreset-ratio", type=float, default=0.1, help="patchcore: fraction of patch features kept")
+    parser.add_argument("--padim-features", type=int, default=100, help="padim: random feature channels kept")
     args = parser.parse_args(argv)
     for name in ("batch_size", "epochs"):
         if getattr(args, name) < 1:

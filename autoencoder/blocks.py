@@ -1,4 +1,5 @@
 """Building blocks shared by every CAE architecture (functional Keras)."""
+import keras
 from keras import layers
 
 LEAK = 0.2
@@ -82,3 +83,17 @@ def decode(x, stage_filters, refine, skips=None):
 
 def image_input(input_size, channels):
     return layers.Input((input_size, input_size, channels))
+
+
+def hourglass(name, input_size, channels, latent_channels, stages, downsample, refine, skip_channels=0):
+    """Encoder stages -> narrow spatial code -> mirrored decoder -> image.
+
+    With `skip_channels`, the second-deepest encoder stage, squeezed to that many channels, joins
+    the decoder after its first upsampling (a coarse U-Net skip that cannot copy fine detail).
+    """
+    inputs = image_input(input_size, channels)
+    features = encode(inputs, stages, downsample)
+    x = spatial_bottleneck(features[-1], latent_channels)
+    skips = {0: conv(features[-2], skip_channels, 1)} if skip_channels else None
+    x = decode(x, stages[::-1], refine, skips)
+    return keras.Model(inputs, output_image(x, channels), name=name)

@@ -1,0 +1,93 @@
+"""PaDiM (Defard et al. 2020, "a Patch Distribution Modeling Framework"): `-a padim`.
+
+The locally aware patch features of memorybank/features.py, reduced to a random subset of
+`padim_features` channels (seeded; the paper's random dimensionality reduction), model each grid
+position with its own multivariate Gaussian fitted on the normal training images: a mean and a
+covariance with a small ridge (0.01 I, as in the paper). The mean, the inverse covariance and the
+channel subset are non-trainable weights; their shapes follow from the input size and feature count,
+so they exist from construction on.
+
+Patch score: Mahalanobis distance of the patch feature to its position's Gaussian. Anomaly map: the
+patch scores upsampled to the input size and blurred (sigma 4). Image score: the max of the map.
+"""
+import keras
+import numpy as np
+from keras import ops
+
+from memorybank.features import PatchFeatureModel
+from processing.errors import UserError
+from processing.progress import report
+
+RIDGE = 0.01
+
+
+@keras.saving.register_keras_serializable(package="memorybank")
+class PaDiM(PatchFeatureModel):
+    method_name = "padim"
+
+    def __init__(self, padim_features=100, seed=0, **kwargs):
+        super().__init__(**kwargs)
+        if not 1 <= padim_features <= self.feature_dim:
+            raise UserError(f"--padim-features must be between 1 and {self.feature_dim} "
+                            f"(the {self.backbone} patch feature size), got {padim_features}")
+        self.padim_features = int(padim_features)
+        self.seed = int(seed)
+        positions, dims = self.grid_height * self.grid_width, self.padim_features
+        self.channel_subset = self.add_weight(shape=(dims,), dtype="int32", initializer="zeros",
+                                              trainable=False, name="channel_subset")
+        chosen = np.random.default_rng(self.seed).choice(self.feature_dim, dims, replace=False)
+        self.channel_subset.assign(np.sort(chosen).astype(np.int32))
+        self.mean = self.add_weight(shape=(positions, dims), initializer="zeros", trainable=False, name="mean")
+        self.precision = self.add_weight(shape=(positions, dims, dims), initializer="zeros", trainable=False,
+                                         name="precision")
+        self.built = True  # all state exists; nothing to build on a call
+
+    def get_config(self):
+        return {**super().get_config(), "padim_features": self.padim_features, "seed": self.seed}
+
+    def _position_features(self, features):
+        """(n, h, w, D) features -> (n, positions, padim_features), the chosen channels only."""
+        chosen = ops.take(ops.convert_to_tensor(features), self.channel_subset, axis=-1)
+        return ops.reshape(chosen, (-1, self.grid_height * self.grid_width, self.padim_features))
+
+    def calibrate(self, normal_images):
+        gaussians = RunningGaussians()
+        for features in self.dataset_features(normal_images):
+            gaussians.update(ops.convert_to_numpy(self._position_features(features)))
+        if gaussians.count < 2:
+            raise UserError(f"padim needs at least 2 training images to estimate covariances, got {gaussians.count}")
+        covariance = gaussians.scatter / (gaussians.count - 1) + RIDGE * np.eye(self.padim_features)
+        self.mean.assign(gaussians.mean.astype(np.float32))
+        self.precision.assign(np.linalg.inv(covariance).astype(np.float32))
+        report(f"padim: {self.grid_height * self.grid_width} Gaussians of {self.padim_features} dims "
+               f"from {gaussians.count} images")
+
+    def _patch_scores(self, features):
+        centred = self._position_features(features) - self.mean
+        squared = ops.sum(ops.einsum("npd,pde->npe", centred, self.precision) * centred, axis=-1)
+        distances = ops.sqrt(ops.maximum(squared, 0.0))  # rounding can make it slightly negative
+        return ops.convert_to_numpy(ops.reshape(distances, (-1, self.grid_height, self.grid_width)))
+
+
+class RunningGaussians:
+    """Per-position mean and scatter matrix (sum of outer products of deviations), merged batch by
+    batch in float64 (Chan et al.'s parallel update), so no batch of features has to stay in memory."""
+
+    def __init__(self):
+        self.count, self.mean, self.scatter = 0, None, None
+
+    def update(self, batch):
+        """batch: (n, positions, dims) features of n images."""
+        batch = np.asarray(batch, np.float64)
+        n = len(batch)
+        batch_mean = batch.mean(axis=0)
+        deviations = (batch - batch_mean).transpose(1, 0, 2)  # (positions, n, dims)
+        batch_scatter = deviations.transpose(0, 2, 1) @ deviations
+        if self.count == 0:
+            self.count, self.mean, self.scatter = n, batch_mean, batch_scatter
+            return
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.scatter += batch_scatter + np.einsum("pd,pe->pde", delta, delta) * (self.count * n / total)
+        self.mean += delta * (n / total)
+        self.count = total

@@ -1,0 +1,112 @@
+"""PatchCore (Roth et al. 2022, "Towards Total Recall in Industrial Anomaly Detection"): `-a patchcore`.
+
+calibrate(): the locally aware patch features (memorybank/features.py) of every normal training
+image -> a greedy k-center coreset of them (detectors.CoresetMemoryBank, on randomly projected
+features) -> the memory bank, a non-trainable weight so that model.keras carries it. Its size is
+known only after calibrate, so it is recorded in the config (`bank_size`): a reloaded model creates
+a weight of that shape and the saved value loads into it.
+
+Patch score: Euclidean distance from a patch feature to its nearest bank feature. Anomaly map: the
+grid of patch scores upsampled to the input size and blurred (sigma 4). Image score: the largest
+patch score s* of the image. With `score_neighbours` b > 1 it is reweighted as in the paper (eq. 7):
+
+    s = (1 - exp(||q* - m*||) / sum over m in N_b(m*) of exp(||q* - m||)) * s*
+
+q* is the image's most anomalous patch feature, m* its nearest bank feature and N_b(m*) the b bank
+features nearest to m* (m* included). The weight is about 1 - 1/b when m* lies among many similar
+normal features and close to 1 when m* is itself a rare normal feature, so an anomaly whose nearest
+normal patch is rare keeps more of its score. The paper uses b = 9; the default 1 keeps the plain max.
+"""
+import time
+
+import keras
+import numpy as np
+from keras import ops
+
+from detectors import CoresetMemoryBank
+from memorybank.features import PatchFeatureModel
+from processing.errors import UserError
+from processing.progress import report
+
+
+@keras.saving.register_keras_serializable(package="memorybank")
+class PatchCore(PatchFeatureModel):
+    method_name = "patchcore"
+
+    def __init__(self, coreset_ratio=0.1, score_neighbours=1, bank_size=None, **kwargs):
+        super().__init__(**kwargs)
+        if not 0 < coreset_ratio <= 1:
+            raise UserError(f"--coreset-ratio must be in (0, 1], got {coreset_ratio}")
+        if score_neighbours < 1:
+            raise UserError(f"score_neighbours must be at least 1, got {score_neighbours}")
+        self.coreset_ratio = float(coreset_ratio)
+        self.score_neighbours = int(score_neighbours)
+        self.bank_size = bank_size
+        self.memory_bank = self._bank_weight(bank_size) if bank_size else None
+        self.built = True  # all state exists (the bank once its size is known); nothing to build on a call
+
+    def get_config(self):
+        return {**super().get_config(), "coreset_ratio": self.coreset_ratio,
+                "score_neighbours": self.score_neighbours, "bank_size": self.bank_size}
+
+    def _bank_weight(self, size):
+        return self.add_weight(shape=(size, self.feature_dim), initializer="zeros", trainable=False,
+                               name="memory_bank")
+
+    def calibrate(self, normal_images):
+        features = np.concatenate(list(self.dataset_features(normal_images)))
+        patches = features.reshape(-1, self.feature_dim)
+        report(f"patchcore coreset: selecting {self.coreset_ratio:g} of {len(patches)} patch features "
+               f"({len(features)} images x {self.grid_height}x{self.grid_width})")
+        started = time.perf_counter()
+        try:
+            bank = CoresetMemoryBank(coreset_ratio=self.coreset_ratio).fit(patches).memory_bank_
+        except UserError as error:
+            raise UserError(f"patchcore cannot build its memory bank from {len(features)} training images "
+                            f"({len(patches)} patch features): {error}; add training images or raise "
+                            "--size or --coreset-ratio") from error
+        report(f"patchcore coreset: {len(bank)} features in {time.perf_counter() - started:.1f} s")
+        if self.memory_bank is None:
+            self.bank_size = len(bank)
+            self.memory_bank = self._bank_weight(self.bank_size)
+        elif self.bank_size != len(bank):
+            # A Keras weight cannot be dropped once tracked, so a bank of another size needs a new model.
+            raise UserError(f"this patchcore model holds a bank of {self.bank_size} features; calibrating it "
+                            f"again would need {len(bank)}: build a new model instead")
+        self.memory_bank.assign(bank)
+
+    def _bank(self):
+        if self.memory_bank is None:
+            raise UserError("patchcore has no memory bank yet: calibrate it on normal images (train.py) first")
+        return ops.convert_to_numpy(self.memory_bank)
+
+    def _patch_scores(self, features):
+        detector = CoresetMemoryBank.from_state({"memory_bank": self._bank()})
+        scores = detector.score_samples(features.reshape(-1, self.feature_dim))
+        return scores.reshape(len(features), self.grid_height, self.grid_width)
+
+    def _image_scores(self, features, patch_scores, maps):
+        flat_scores = patch_scores.reshape(len(patch_scores), -1)
+        worst = flat_scores.argmax(axis=1)
+        best = flat_scores[np.arange(len(worst)), worst]
+        if self.score_neighbours == 1:
+            return best
+        worst_features = features.reshape(len(features), -1, self.feature_dim)[np.arange(len(worst)), worst]
+        return best * rarity_weights(worst_features, self._bank(), self.score_neighbours)
+
+
+def rarity_weights(queries, bank, neighbours):
+    """PatchCore's eq. 7 weight for each query q: 1 - softmax over m in N_b(m*) of ||q - m||, taken at m*."""
+    nearest = _squared_distances(queries, bank).argmin(axis=1)  # m*
+    b = min(neighbours, len(bank))
+    around_nearest = np.argpartition(_squared_distances(bank[nearest], bank), b - 1, axis=1)[:, :b]  # N_b(m*)
+    distances = np.linalg.norm(queries[:, None, :] - bank[around_nearest], axis=-1)
+    distance_to_nearest = np.linalg.norm(queries - bank[nearest], axis=-1)
+    # exp(d*) / sum exp(d) written as 1 / sum exp(d - d*): d* is the smallest, so nothing overflows.
+    return 1 - 1 / np.exp(distances - distance_to_nearest[:, None]).sum(axis=1)
+
+
+def _squared_distances(queries, bank):
+    """(n, m) squared Euclidean distances; n is a handful of queries, so the matrix stays small."""
+    return (np.einsum("ij,ij->i", queries, queries)[:, None] - 2 * queries @ bank.T
+            + np.einsum("ij,ij->i", bank, bank)[None, :])
