@@ -3,20 +3,23 @@ import keras
 from keras import layers
 
 LEAK = 0.2
+# Short CPU schedules take only a few hundred steps: with Keras's default momentum 0.99 the
+# inference-time BatchNorm statistics would still be mostly their initial values.
+BN_MOMENTUM = 0.9
 
 
 def conv(x, filters, kernel=3, strides=1, batchnorm=True):
     """Conv -> (BatchNorm) -> LeakyReLU."""
     x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=not batchnorm)(x)
     if batchnorm:
-        x = layers.BatchNormalization()(x)
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
     return layers.LeakyReLU(LEAK)(x)
 
 
 def up_conv(x, filters, kernel=4):
     """Transposed convolution that doubles the resolution."""
     x = layers.Conv2DTranspose(filters, kernel, strides=2, padding="same", use_bias=False)(x)
-    x = layers.BatchNormalization()(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
     return layers.LeakyReLU(LEAK)(x)
 
 
@@ -25,10 +28,10 @@ def residual(x, filters, strides=1):
     shortcut = x
     if strides != 1 or x.shape[-1] != filters:
         shortcut = layers.Conv2D(filters, 1, strides=strides, padding="same", use_bias=False)(x)
-        shortcut = layers.BatchNormalization()(shortcut)
+        shortcut = layers.BatchNormalization(momentum=BN_MOMENTUM)(shortcut)
     y = conv(x, filters, 3, strides)
     y = layers.Conv2D(filters, 3, padding="same", use_bias=False)(y)
-    y = layers.BatchNormalization()(y)
+    y = layers.BatchNormalization(momentum=BN_MOMENTUM)(y)
     return layers.LeakyReLU(LEAK)(layers.Add()([shortcut, y]))
 
 
@@ -52,7 +55,7 @@ def dense_bottleneck(x, latent_dim):
     side, channels = x.shape[1], x.shape[-1]
     code = layers.Conv2D(latent_dim, side, padding="valid")(x)  # (1, 1, latent_dim)
     x = layers.Conv2DTranspose(channels, side, padding="valid", use_bias=False)(code)
-    x = layers.BatchNormalization()(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
     return layers.LeakyReLU(LEAK)(x)
 
 
