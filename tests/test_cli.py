@@ -133,3 +133,12 @@ def test_empty_train_folder_via_cli(workdir, capsys):
     code, err = run_cli(train, ["-d", str(workdir / "part")], capsys)
     assert code == 2 and "holds no images" in err
     assert not (workdir / "saved_models").exists()
+
+
+def test_synthetic_run_beats_chance_by_a_margin(workdir):
+    """The README's main job with a CAE: the built-in dataset, train -> finetune -> test."""
+    run_dir = train.main(["-a", "mvtecCAE", "-l", "l2", "-e", "15", "--patience", "15"])
+    finetune.main(["-p", str(run_dir)])
+    metrics = json.loads((test_cli.main(["-p", str(run_dir)]) / "metrics.json").read_text())
+    assert metrics["full_test_set"]["image_auroc"] > 0.8
+    assert metrics["full_test_set"]["pixel_auroc"] > 0.85
