@@ -2,14 +2,14 @@
 
     python3 bench/cae.py [--data-root ../shared/data] [--configs mvtecCAE:ssim ...] [--categories mvtec_ad/bottle ...]
 
-Writes bench/results/cae.{csv,md} after every run. The default schedule (128 px, at most 10
+Writes bench/results/cae.{csv,md} after every run; a rerun skips the rows already there. The default schedule (128 px, at most 10
 epochs) is what fits all four configurations on every category into about an hour and a half
 of a 2-core CPU; pass --size 256 --epochs 50 for the CLI's full schedule.
 """
 import argparse
 import tempfile
 
-from common import SHARED_DATA, categories, run_one, write_table, ROOT
+from common import ROOT, SHARED_DATA, categories, previous_rows, run_one, write_table
 
 
 def main():
@@ -22,10 +22,13 @@ def main():
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "cae"))
     args = parser.parse_args()
-    rows = []
+    rows = previous_rows(args.out)
+    done = {(row["method"], row["category"]) for row in rows}
     with tempfile.TemporaryDirectory() as workdir:
         for category in categories(args.data_root, args.categories):
             for method, loss in (config.split(":") for config in args.configs):
+                if (f"{method}-{loss}", category) in done:
+                    continue
                 print(f"== {method} ({loss}) on {category}", flush=True)
                 row = run_one(method, category, args.data_root, workdir,
                               ["-l", loss, "--size", str(args.size), "-e", str(args.epochs)])

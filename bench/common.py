@@ -62,6 +62,17 @@ def run_one(method, category, data_root, workdir, train_args=()):
     }
 
 
+def previous_rows(out_stem):
+    """Rows of an earlier (possibly interrupted) run of the same benchmark, so a rerun resumes it."""
+    import pandas as pd
+
+    path = Path(out_stem).with_suffix(".csv")
+    if not path.is_file():
+        return []
+    frame = pd.read_csv(path)
+    return [{k: (None if pd.isna(v) else v) for k, v in row.items()} for row in frame.to_dict("records")]
+
+
 def _cell(value):
     if value is None:
         return "-"
