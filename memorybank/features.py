@@ -8,10 +8,14 @@ grid and the two are concatenated: (N, S, S, C) images -> (N, S/8, S/8, D) featu
 The 3x3 average excludes the zero padding at the border (Keras "same" average pooling), where the
 PyTorch reference averages padding zeros in; only the outermost ring of patches differs.
 
+The frozen backbone runs with its BatchNormalizations folded into the convolutions before them
+(`fold_batch_norms`: same features, about 25% faster on CPU).
+
 `PatchFeatureModel` is the base of both methods: feature extraction with progress, and the step
 from a grid of patch scores to a full-size anomaly map (bilinear upsampling + Gaussian blur, sigma
 4 as in both papers).
 """
+import functools
 import time
 
 import keras
@@ -35,7 +39,7 @@ def patch_feature_model(variant, input_size, channels, strides=FEATURE_STRIDES):
     """
     images = keras.Input(shape=(input_size, input_size, channels), name="images")
     rgb = layers.Concatenate(name="to_rgb")([images] * 3) if channels == 1 else images
-    backbone = feature_extractor(variant, strides=strides)
+    backbone = fold_batch_norms(feature_extractor(variant, strides=strides))
     stage_maps = backbone(rgb)
     stage_maps = stage_maps if isinstance(stage_maps, list) else [stage_maps]  # one stride: a bare tensor
     grid = stage_maps[0].shape[1:3]
@@ -49,21 +53,83 @@ def patch_feature_model(variant, input_size, channels, strides=FEATURE_STRIDES):
     return keras.Model(images, features, name=f"patch_features_{variant}")
 
 
-def upsample_and_blur(patch_scores, size, sigma=MAP_SIGMA):
-    """(n, h, w) patch scores -> (n, size, size) float32 map: bilinear upsampling, then a Gaussian blur.
+def fold_batch_norms(model):
+    """A copy of a frozen functional model in which every BatchNormalization fed by a convolution is
+    merged into that convolution (kernel scaled per output channel, bias added).
 
-    The blur is separable with radius round(4 sigma) and reflect padding, as anomalib's GaussianBlur2d.
+    The outputs are the same up to float rounding; inference is about 25% faster on CPU because
+    TensorFlow then fuses convolution, bias and ReLU6 into one op. Assumes, as in EfficientNet-Lite,
+    that such a convolution feeds nothing but its BatchNormalization.
     """
-    maps = ops.image.resize(ops.expand_dims(ops.convert_to_tensor(patch_scores, "float32"), -1),
-                            (size, size), interpolation="bilinear")
+    convolutions = [layer for layer in model.layers if isinstance(layer, (layers.Conv2D, layers.DepthwiseConv2D))]
+    norm_after = {}  # convolution name -> the BatchNormalization it feeds
+    for norm in (layer for layer in model.layers if isinstance(layer, layers.BatchNormalization)):
+        feeding = [conv for conv in convolutions if conv.output is norm.input]
+        if feeding:
+            norm_after[feeding[0].name] = norm
+    folded_norms = {norm.name for norm in norm_after.values()}
+
+    def clone(layer):
+        if layer.name in folded_norms:
+            return _Unchanged(name=layer.name)
+        config = layer.get_config()
+        if layer.name in norm_after:
+            config["use_bias"] = True
+        return layer.__class__.from_config(config)
+
+    folded = keras.models.clone_model(model, clone_function=clone)
+    for layer in folded.layers:
+        if layer.name in norm_after:
+            layer.set_weights(_folded_weights(model.get_layer(layer.name), norm_after[layer.name]))
+        elif layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    folded.trainable = False
+    return folded
+
+
+def _folded_weights(conv, norm):
+    gamma, beta, mean, variance = norm.get_weights()
+    scale = gamma / np.sqrt(variance + norm.epsilon)
+    kernel, *bias = conv.get_weights()
+    bias = bias[0] if bias else np.zeros_like(mean)
+    # Output channels are the last kernel axis; a depthwise kernel (kh, kw, C, M) flattens them as C * M.
+    kernel = (kernel.reshape(*kernel.shape[:-2], -1) * scale).reshape(kernel.shape) \
+        if isinstance(conv, layers.DepthwiseConv2D) else kernel * scale
+    return [kernel, (bias - mean) * scale + beta]
+
+
+class _Unchanged(layers.Layer):
+    """Stands in for a folded BatchNormalization; accepts the arguments Keras passes it."""
+
+    def call(self, inputs, training=None, mask=None):
+        return inputs
+
+
+def upsample_and_blur(patch_scores, size, sigma=MAP_SIGMA):
+    """(n, h, h) patch scores -> (n, size, size) float32 map: bilinear upsampling, then a Gaussian blur.
+
+    The blur has radius round(4 sigma) and reflect padding, as anomalib's GaussianBlur2d. Both steps
+    are linear and separable, so they are applied as one (size, h) matrix A: map = A @ scores @ A.T.
+    That is about 50x faster on CPU than resizing and convolving with a 33-tap kernel.
+    """
+    operator = ops.convert_to_tensor(_upsample_blur_operator(patch_scores.shape[1], size, float(sigma)))
+    maps = ops.matmul(ops.matmul(operator, ops.convert_to_tensor(patch_scores, "float32")), ops.transpose(operator))
+    return ops.convert_to_numpy(maps)
+
+
+@functools.lru_cache(maxsize=8)
+def _upsample_blur_operator(grid, size, sigma):
+    """(size, grid) float32 matrix: 1-D bilinear resize (half-pixel centres) followed by the blur."""
+    # The resize weights are read off by resizing each basis vector, as (grid x 1)-pixel images.
+    basis = np.eye(grid, dtype=np.float32)[:, :, None, None]
+    upsample = ops.convert_to_numpy(ops.image.resize(basis, (size, 1), interpolation="bilinear"))[:, :, 0, 0].T
     radius = min(int(4 * sigma + 0.5), size - 1)  # reflect padding needs radius < size
     taps = np.arange(-radius, radius + 1, dtype=np.float32)
     kernel = np.exp(-0.5 * (taps / sigma) ** 2)
     kernel /= kernel.sum()
-    maps = ops.pad(maps, [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="reflect")
-    maps = ops.conv(maps, kernel.reshape(-1, 1, 1, 1), padding="valid")
-    maps = ops.conv(maps, kernel.reshape(1, -1, 1, 1), padding="valid")
-    return ops.convert_to_numpy(maps[..., 0])
+    padded_identity = np.pad(np.eye(size, dtype=np.float32), ((radius, radius), (0, 0)), mode="reflect")
+    blur = sum(weight * padded_identity[offset:offset + size] for offset, weight in enumerate(kernel))
+    return (blur @ upsample).astype(np.float32)
 
 
 class PatchFeatureModel(AnomalyModel):

@@ -1,0 +1,126 @@
+"""PaDiM (memorybank/padim.py) on 64 px synthetic images: the fitted Gaussians against numpy, map
+shapes, a pasted defect, save/reload, grayscale, user errors, the CLIs."""
+import json
+
+import keras
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+import finetune
+import test as test_cli
+import train
+from memorybank.padim import RIDGE, PaDiM, RunningGaussians, random_channels
+from processing.errors import UserError
+from tests.test_patchcore import SIZE, as_dataset, synthetic_images, with_pasted_squares
+
+
+@pytest.fixture(scope="module")
+def images(small_synthetic):
+    return synthetic_images(small_synthetic)
+
+
+@pytest.fixture(scope="module")
+def padim(images):
+    model = PaDiM(input_size=SIZE, channels=3, padim_features=20)
+    model.calibrate(as_dataset(images[0]))
+    return model
+
+
+def test_running_gaussians_match_numpy_over_uneven_batches():
+    features = np.random.default_rng(0).normal(3.0, 2.0, (23, 5, 4))  # (images, positions, dims)
+    gaussians = RunningGaussians()
+    for start, stop in ((0, 1), (1, 9), (9, 23)):
+        gaussians.update(features[start:stop])
+    assert gaussians.count == 23
+    np.testing.assert_allclose(gaussians.mean, features.mean(axis=0))
+    for position in range(5):
+        np.testing.assert_allclose(gaussians.scatter[position] / 22, np.cov(features[:, position], rowvar=False))
+
+
+def test_patch_scores_are_mahalanobis_distances_to_each_positions_gaussian(padim, images):
+    chosen = padim.channel_subset.numpy()
+    assert len(set(chosen)) == 20 and chosen.max() < padim.feature_dim
+    train_features = padim.extract(images[0])[..., chosen].reshape(30, -1, 20)
+    test_features = padim.extract(images[1][:2])[..., chosen].reshape(2, -1, 20)
+    scores = padim._patch_scores(padim.extract(images[1][:2])).reshape(2, -1)
+    for position in (0, 27, 63):
+        samples = train_features[:, position].astype(np.float64)
+        precision = np.linalg.inv(np.cov(samples, rowvar=False) + RIDGE * np.eye(20))
+        centred = test_features[:, position] - samples.mean(axis=0)
+        expected = np.sqrt(np.einsum("nd,de,ne->n", centred, precision, centred))
+        np.testing.assert_allclose(scores[:, position], expected, rtol=1e-3)
+
+
+def test_maps_and_scores_shapes_and_contract(padim, images):
+    maps, scores = padim.maps_and_scores(images[1])
+    assert maps.shape == (10, SIZE, SIZE) and maps.dtype == np.float32 and np.isfinite(maps).all()
+    np.testing.assert_array_equal(scores, maps.reshape(10, -1).max(axis=1))  # PaDiM: the max of the map
+    assert not padim.trainable_weights
+
+
+def test_pasted_square_scores_higher_and_lights_up_its_place(padim, images):
+    normal = images[1]
+    defective, masks = with_pasted_squares(normal)
+    maps, scores = padim.maps_and_scores(np.concatenate([normal, defective]))
+    assert roc_auc_score(np.r_[np.zeros(10), np.ones(10)], scores) >= 0.9
+    assert roc_auc_score(masks.ravel(), maps[len(normal):].ravel()) >= 0.8  # pixel AUROC
+
+
+def test_saved_model_reloads_with_identical_maps(padim, images, tmp_path):
+    path = tmp_path / "model.keras"
+    padim.save(path)
+    reloaded = keras.saving.load_model(path, compile=False)
+    np.testing.assert_array_equal(reloaded.channel_subset.numpy(), padim.channel_subset.numpy())
+    np.testing.assert_array_equal(reloaded.anomaly_map(images[1]), padim.anomaly_map(images[1]))
+
+
+def test_channel_subset_follows_the_seed():
+    np.testing.assert_array_equal(random_channels(152, 20, seed=1), random_channels(152, 20, seed=1))
+    assert not np.array_equal(random_channels(152, 20, seed=1), random_channels(152, 20, seed=2))
+    assert len(set(random_channels(152, 152, seed=1))) == 152
+
+
+def test_grayscale_works(small_synthetic):
+    gray, held_out = synthetic_images(small_synthetic, channels=1)
+    model = PaDiM(input_size=SIZE, channels=1, padim_features=20)
+    model.calibrate(as_dataset(gray))
+    defective, _ = with_pasted_squares(held_out)
+    maps, scores = model.maps_and_scores(np.concatenate([held_out, defective]))
+    assert maps.shape == (20, SIZE, SIZE)
+    assert roc_auc_score(np.r_[np.zeros(10), np.ones(10)], scores) >= 0.9
+
+
+# ---- user errors
+
+
+def test_one_training_image_is_a_user_error():
+    with pytest.raises(UserError, match="at least 2 training images"):
+        PaDiM(input_size=SIZE).calibrate(as_dataset(np.zeros((1, SIZE, SIZE, 3), np.float32)))
+
+
+def test_images_of_another_size_are_refused(padim):
+    with pytest.raises(UserError, match="use the --size and -c the model was trained with"):
+        padim.anomaly_map(np.zeros((1, SIZE, SIZE, 1), np.float32))
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_too_many_padim_features_is_one_line(workdir, small_synthetic, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        train.main(["-d", str(small_synthetic), "-a", "padim", "--padim-features", "500"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert "--padim-features must be between 1 and 152" in err
+
+
+def test_train_finetune_test_end_to_end(workdir, small_synthetic):
+    run_dir = train.main(["-d", str(small_synthetic), "-a", "padim", "--size", "64", "-c", "grayscale"])
+    assert json.loads((run_dir / "run.json").read_text())["config"]["padim_features"] == 100
+    finetune.main([])
+    metrics = json.loads((test_cli.main([]) / "metrics.json").read_text())
+    assert metrics["full_test_set"]["image_auroc"] > 0.5

