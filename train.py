@@ -1,6 +1,6 @@
 """Train an anomaly-detection method on the normal images (train/good) of a dataset.
 
-    python3 train.py                                   # built-in synthetic dataset, mvtecCAE
+    python3 train.py                                   # built-in synthetic dataset, patchcore
     python3 train.py -d mvtec_ad/bottle --data-root ../shared/data -a resnetCAE -l l2 -c grayscale
 """
 import argparse
@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from processing.errors import UserError, cli_entry  # noqa: E402
 
-DEFAULT_METHOD = "mvtecCAE"
+DEFAULT_METHOD = "patchcore"  # the most accurate method here, and it trains in seconds
 
 
 @dataclass

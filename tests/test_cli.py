@@ -142,3 +142,9 @@ def test_synthetic_run_beats_chance_by_a_margin(workdir):
     metrics = json.loads((test_cli.main(["-p", str(run_dir)]) / "metrics.json").read_text())
     assert metrics["full_test_set"]["image_auroc"] > 0.8
     assert metrics["full_test_set"]["pixel_auroc"] > 0.85
+
+
+def test_residual_option_is_an_error_for_other_methods(workdir, small_synthetic, capsys):
+    run_dir = train.main(["-d", str(small_synthetic), "-a", "patchcore", "--size", "64"])
+    code, err = run_cli(finetune, ["-p", str(run_dir), "-m", "l2"], capsys)
+    assert code == 2 and "apply to autoencoders only" in err and not (run_dir / "finetune.json").exists()
