@@ -101,7 +101,6 @@ def train(config):
            f"{len(finetune_samples)} finetune, {len(evaluation_samples)} evaluation images at {config.size}px {config.color}")
 
     model = build_method(config.method, config)
-    run_dir = runs.new_folder(runs.SAVED_MODELS, name, config.method)
     train_ds = data.image_dataset(dataset, train_samples, config.size, config.channels, config.batch_size,
                                   shuffle=True, seed=config.seed)
     val_ds = data.image_dataset(dataset, val_samples, config.size, config.channels, config.batch_size) if val_samples else None
@@ -116,13 +115,16 @@ def train(config):
                         shuffle=False, verbose=0)  # tf.data already shuffles
         history = {key: [float(v) for v in values] for key, values in fit.history.items()}
         images_per_second = progress.images_per_second
-        plot_training_curves(run_dir / "training_curves.png", history, title=f"{config.method} on {name}")
     train_seconds = time.perf_counter() - started
 
     calibrate_started = time.perf_counter()
     model.calibrate(data.image_dataset(dataset, train_samples, config.size, config.channels, config.batch_size))
     calibrate_seconds = time.perf_counter() - calibrate_started
 
+    # Created only now, so a run that fails never leaves a half-filled folder behind.
+    run_dir = runs.new_folder(runs.SAVED_MODELS, name, config.method)
+    if history:
+        plot_training_curves(run_dir / "training_curves.png", history, title=f"{config.method} on {name}")
     if config.inspect:
         images, _ = data.load_arrays(dataset, val_samples or train_samples[:8], config.size, config.channels)
         save_image_grid(run_dir / "inspect_validation.png", model.inspection_rows(images[:8]))
