@@ -4,8 +4,9 @@
     python3 bench/memorybank.py --data-root ../shared/data --categories mvtec_ad/bottle \\
         --methods patchcore padim --backbones lite0 lite2
 
-Writes bench/results/memorybank.{csv,md} (rewritten after every run, so an interrupted benchmark
-keeps its finished rows), with anomalib's published figures appended for comparison. The method
+Writes bench/results/memorybank.{csv,md} after every run, with anomalib's published figures
+appended for comparison; a rerun skips the (method-backbone, category) rows already there, so delete
+the table to rerun with another --coreset-ratio. The method
 column names the backbone (`patchcore-lite0`); train_s is the fit time (features + coreset or
 Gaussians + saving). PatchCore keeps 1% of the patch features by default here, as anomalib's figures
 below, not train.py's 10%: on 2 CPU cores 10% makes the coreset selection and the nearest-neighbour
@@ -19,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import SHARED_DATA, categories, run_one, write_table  # noqa: E402
+from bench.common import SHARED_DATA, categories, previous_rows, run_one, write_table  # noqa: E402
 
 OUT_STEM = ROOT / "bench" / "results" / "memorybank"
 WORKDIR = ROOT / "bench" / "out" / "memorybank"
@@ -63,12 +64,15 @@ def main(argv=None):
     names = categories(args.data_root, args.categories)
     if not names:
         sys.exit(f"no categories with train/good under {args.data_root}")
-    rows = []
+    rows = previous_rows(OUT_STEM)
+    done = {(row["method"], row["category"]) for row in rows}
     title = f"PatchCore (coreset {args.coreset_ratio:g}) and PaDiM on EfficientNet-Lite features"
     for backbone in args.backbones:
         for method in args.methods:
             for category in names:
                 label = f"{method}-{backbone}"
+                if (label, category) in done:
+                    continue
                 print(f"== {label} on {category}", flush=True)
                 row = run_one(method, category, args.data_root, WORKDIR / label,
                               ["--backbone", backbone, "--coreset-ratio", str(args.coreset_ratio)])
