@@ -3,7 +3,6 @@
 The anomaly map is the residual map between an image and its reconstruction.
 """
 import keras
-import numpy as np
 from keras import ops
 
 from autoencoder import baseline_cae, inception_cae, losses, mvtec_cae, resnet_cae, skip_cae
@@ -65,8 +64,7 @@ class AutoencoderDetector(AnomalyModel):
         return {"residual": self.residual}
 
     def reconstruct(self, images):
-        return np.concatenate([ops.convert_to_numpy(self(images[i:i + self.inference_batch_size]))
-                               for i in range(0, len(images), self.inference_batch_size)])
+        return self.in_batches(lambda batch: ops.convert_to_numpy(self(batch)), images)
 
     def _batch_maps(self, images):
         return ops.convert_to_numpy(losses.residual_map(self.residual, images, self(images)))

@@ -59,9 +59,14 @@ class AnomalyModel(keras.Model):
     def anomaly_map(self, images):
         """(N, H, W) float32, same H, W as the input, higher = more anomalous."""
         images = self.check_images(images)
+        if not len(images):
+            return np.zeros(images.shape[:3], np.float32)
+        return self.in_batches(self._batch_maps, images).astype(np.float32)
+
+    def in_batches(self, function, images):
+        """Apply `function` to `inference_batch_size` images at a time and concatenate (bounded memory)."""
         step = self.inference_batch_size
-        maps = [np.asarray(self._batch_maps(images[i:i + step]), np.float32) for i in range(0, len(images), step)]
-        return np.concatenate(maps) if maps else np.zeros(images.shape[:3], np.float32)
+        return np.concatenate([np.asarray(function(images[i:i + step])) for i in range(0, len(images), step)])
 
     def score_from_maps(self, maps):
         smoothed = ndimage.gaussian_filter(maps, sigma=(0, self.score_sigma, self.score_sigma), mode="nearest")

@@ -56,12 +56,12 @@ def resolve_dataset(name_or_path, data_root=None):
     candidate = Path(name_or_path)
     for root in (candidate, data_root / candidate):
         if root.is_dir():
-            return root.resolve(), _dataset_name(root.resolve(), data_root, name_or_path)
+            return root.resolve(), _dataset_name(root.resolve(), data_root)
     raise UserError(f"dataset folder not found: '{name_or_path}' (also looked in '{data_root / candidate}'); "
                     f"pass a folder in MVTec layout with -d, or a name under --data-root")
 
 
-def _dataset_name(root, data_root, given):
+def _dataset_name(root, data_root):
     try:
         return str(root.relative_to(data_root.resolve()))
     except ValueError:
