@@ -7,7 +7,7 @@ import argparse
 import os
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -24,19 +24,18 @@ class TrainConfig:
     method: str
     color: str
     loss: str
-    batch_size: int
-    epochs: int
+    batch_size: int | None  # None: the method's default (AnomalyModel.default_*), filled in by train()
+    epochs: int | None
     size: int | None
     seed: int
     inspect: bool
-    learning_rate: float
+    learning_rate: float | None
     patience: int
-    validation_fraction: float
+    validation_fraction: float | None
     finetune_fraction: float
     latent_dim: int | None
     backbone: str
-    coreset_ratio: float
-    padim_features: int
+    options: dict = field(default_factory=dict)  # the method family's own flags (registry.ARGUMENT_GROUPS)
 
     @property
     def channels(self):
@@ -44,7 +43,7 @@ class TrainConfig:
 
 
 def parse_args(argv=None):
-    from registry import method_names
+    from registry import add_method_arguments, method_names
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-d", "--dataset", default="synthetic",
@@ -53,29 +52,60 @@ def parse_args(argv=None):
     parser.add_argument("-a", "--method", default=DEFAULT_METHOD, help=f"one of: {', '.join(method_names())}")
     parser.add_argument("-c", "--color", choices=("rgb", "grayscale"), default="rgb")
     parser.add_argument("-l", "--loss", choices=("ssim", "mssim", "l2"), default="ssim", help="autoencoder loss")
-    parser.add_argument("-b", "--batch-size", type=int, default=16)
-    parser.add_argument("-e", "--epochs", type=int, default=50, help="maximum epochs (early stopping may end sooner)")
+    parser.add_argument("-b", "--batch-size", type=int, default=None, help="default: the method's (16 for autoencoders)")
+    parser.add_argument("-e", "--epochs", type=int, default=None,
+                        help="maximum epochs (early stopping may end sooner); default: the method's (50 for autoencoders)")
     parser.add_argument("--size", type=int, default=None, help="input size in pixels (default: the images' own size)")
     parser.add_argument("--seed", type=int, default=0, help="seeds weights, shuffling and splits")
     parser.add_argument("-i", "--inspect", action="store_true", help="save validation reconstructions/maps as PNG")
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--learning-rate", type=float, default=None, help="default: the method's (1e-3 for autoencoders)")
     parser.add_argument("--patience", type=int, default=8, help="early stopping patience on validation loss")
-    parser.add_argument("--validation-fraction", type=float, default=0.1)
+    parser.add_argument("--validation-fraction", type=float, default=None,
+                        help="part of train/good held out for validation; default: the method's (0.1 for autoencoders)")
     parser.add_argument("--finetune-fraction", type=float, default=0.3,
                         help="part of the test set used to choose the threshold (the rest evaluates it)")
     parser.add_argument("--latent-dim", type=int, default=None, help="autoencoder code size (default per architecture)")
     parser.add_argument("--backbone", choices=("lite0", "lite1", "lite2"), default="lite0",
-                        help="pretrained EfficientNet-Lite for patchcore and padim")
-    parser.add_argument("--coreset-ratio", type=float, default=0.1, help="patchcore: fraction of patch features kept")
-    parser.add_argument("--padim-features", type=int, default=100, help="padim: random feature channels kept")
-    args = parser.parse_args(argv)
+                        help="pretrained EfficientNet-Lite for the methods built on one")
+    add_method_arguments(parser)
+    args = vars(parser.parse_args(argv))
     for name in ("batch_size", "epochs"):
-        if getattr(args, name) < 1:
+        if args[name] is not None and args[name] < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     for name in ("validation_fraction", "finetune_fraction"):
-        if not 0 <= getattr(args, name) < 1:
+        if args[name] is not None and not 0 <= args[name] < 1:
             raise UserError(f"--{name.replace('_', '-')} must be in [0, 1)")
-    return TrainConfig(**vars(args))
+    common = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in args.items() if k in common},
+                       options={k: v for k, v in args.items() if k not in common})
+
+
+def apply_method_defaults(config, model):
+    """Fill the flags left unset with the method's own defaults (recorded in run.json as used)."""
+    for name in ("epochs", "batch_size", "learning_rate", "validation_fraction"):
+        if getattr(config, name) is None:
+            setattr(config, name, getattr(model, f"default_{name}"))
+
+
+def fit(model, train_ds, val_ds, config, n_train):
+    """Gradient training with the method's optimizer and hooks; returns (history, images/s per epoch)."""
+    import keras
+
+    from processing.progress import EpochProgress
+
+    steps_per_epoch = -(-n_train // config.batch_size)
+    model.compile(optimizer=model.make_optimizer(config.learning_rate, steps_per_epoch, config.epochs))
+    model.prepare_training(train_ds)
+    progress = EpochProgress(n_train, config.epochs)
+    callbacks = [progress, *model.training_callbacks()]
+    if model.early_stopping:
+        monitor = "val_loss" if val_ds is not None else "loss"
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=config.patience,
+                                                       restore_best_weights=True))
+    result = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks,
+                       shuffle=False, verbose=0)  # tf.data already shuffles
+    history = {key: [float(v) for v in values] for key, values in result.history.items()}
+    return history, progress.images_per_second
 
 
 def train(config):
@@ -84,7 +114,7 @@ def train(config):
 
     from processing import data, runs
     from processing.plots import plot_training_curves, save_image_grid
-    from processing.progress import EpochProgress, report
+    from processing.progress import report
     from registry import build_method
 
     started = time.perf_counter()
@@ -95,26 +125,23 @@ def train(config):
     dataset = data.scan_dataset(root, name)
     data.check_images(dataset, dataset.train + dataset.test)
     config.size = config.size or data.native_size(dataset)
+    model = build_method(config.method, config)
+    apply_method_defaults(config, model)
+    if len(dataset.train) < model.min_train_images:
+        raise UserError(f"{config.method} needs at least {model.min_train_images} training images, "
+                        f"{dataset.root / 'train' / 'good'} has {len(dataset.train)}; add more normal images")
     train_samples, val_samples = data.split_train_validation(dataset.train, config.validation_fraction, config.seed)
     finetune_samples, evaluation_samples = data.split_finetune_evaluation(dataset.test, config.finetune_fraction, config.seed)
     report(f"dataset {name}: {len(train_samples)} train, {len(val_samples)} validation, "
            f"{len(finetune_samples)} finetune, {len(evaluation_samples)} evaluation images at {config.size}px {config.color}")
 
-    model = build_method(config.method, config)
     train_ds = data.image_dataset(dataset, train_samples, config.size, config.channels, config.batch_size,
                                   shuffle=True, seed=config.seed)
     val_ds = data.image_dataset(dataset, val_samples, config.size, config.channels, config.batch_size) if val_samples else None
 
     history, images_per_second = {}, []
     if model.trains_by_gradient:
-        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
-        progress = EpochProgress(len(train_samples), config.epochs)
-        monitor = "val_loss" if val_ds is not None else "loss"
-        stopper = keras.callbacks.EarlyStopping(monitor=monitor, patience=config.patience, restore_best_weights=True)
-        fit = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=[progress, stopper],
-                        shuffle=False, verbose=0)  # tf.data already shuffles
-        history = {key: [float(v) for v in values] for key, values in fit.history.items()}
-        images_per_second = progress.images_per_second
+        history, images_per_second = fit(model, train_ds, val_ds, config, len(train_samples))
     train_seconds = time.perf_counter() - started
 
     calibrate_started = time.perf_counter()

@@ -18,6 +18,14 @@ class AnomalyModel(keras.Model):
     score_sigma = 4.0  # Gaussian blur before taking the max, so one hot pixel does not decide a score
     inference_batch_size = 32
 
+    # Training defaults: train.py uses them where the user passes no flag.
+    default_epochs = 50
+    default_batch_size = 16
+    default_learning_rate = 1e-3
+    default_validation_fraction = 0.1
+    early_stopping = True  # stop on the validation loss; False for pretext tasks whose loss is no guide
+    min_train_images = 1
+
     def __init__(self, input_size=256, channels=3, **kwargs):
         super().__init__(**kwargs)
         self.input_size = int(input_size)
@@ -27,6 +35,16 @@ class AnomalyModel(keras.Model):
         return {**super().get_config(), "input_size": self.input_size, "channels": self.channels}
 
     # ---- what a method may override
+    def make_optimizer(self, learning_rate, steps_per_epoch, epochs):
+        return keras.optimizers.Adam(learning_rate)
+
+    def prepare_training(self, train_ds):
+        """Runs once before fit(): initialisation that needs data (e.g. a centre, a pretraining stage)."""
+
+    def training_callbacks(self):
+        """Extra Keras callbacks fit() needs (e.g. a schedule that updates a radius every k epochs)."""
+        return []
+
     def calibrate(self, normal_images):
         """Fit what gradients do not learn (detector statistics, centres, memory banks). No-op by default."""
 
