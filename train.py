@@ -95,6 +95,7 @@ def fit(model, train_ds, val_ds, config, n_train):
 
     steps_per_epoch = -(-n_train // config.batch_size)
     model.compile(optimizer=model.make_optimizer(config.learning_rate, steps_per_epoch, config.epochs))
+    train_ds = model.training_data(train_ds)
     model.prepare_training(train_ds)
     progress = EpochProgress(n_train, config.epochs)
     callbacks = [progress, *model.training_callbacks()]

@@ -38,6 +38,10 @@ class AnomalyModel(keras.Model):
     def make_optimizer(self, learning_rate, steps_per_epoch, epochs):
         return keras.optimizers.Adam(learning_rate)
 
+    def training_data(self, train_ds):
+        """The tf.data fit() trains on, from batches of normal images (e.g. add pretext labels, augment)."""
+        return train_ds
+
     def prepare_training(self, train_ds):
         """Runs once before fit(): initialisation that needs data (e.g. a centre, a pretraining stage)."""
 
