@@ -79,8 +79,8 @@ def _cell(value):
     return f"{value:.3f}" if isinstance(value, float) and value <= 1.0 else (f"{value:.1f}" if isinstance(value, float) else str(value))
 
 
-def write_table(rows, out_stem, title):
-    """Print the table and write <out_stem>.csv and <out_stem>.md (with machine and versions)."""
+def write_table(rows, out_stem, title, appendix=""):
+    """Print the table and write <out_stem>.csv and <out_stem>.md (with machine and versions, then `appendix`)."""
     import pandas as pd
 
     from processing import atomic, runs
@@ -96,5 +96,5 @@ def write_table(rows, out_stem, title):
               "eval_f1 at the finetuned threshold on the evaluation split. peak_mem_mb is the "
               "process's peak resident memory so far (it only grows across rows).\n\n")
     atomic.write_text(out_stem.with_suffix(".csv"), frame.to_csv(index=False))
-    atomic.write_text(out_stem.with_suffix(".md"), note + header + body)
+    atomic.write_text(out_stem.with_suffix(".md"), note + header + body + appendix)
     print(header + body, flush=True)

@@ -1,0 +1,48 @@
+"""The benchmark's outputs: README table generation between markers, and the chart PNG."""
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.chart import save_chart  # noqa: E402
+from bench.readme import END, START, results_markdown, update_readme  # noqa: E402
+
+ROWS = [
+    {"method": "padim-lite0", "category": "a/x", "image_auroc": 0.9, "pixel_auroc": 0.8, "aupro": 0.7, "infer_img_s": 10.0},
+    {"method": "padim-lite0", "category": "b/y", "image_auroc": 0.7, "pixel_auroc": None, "aupro": None, "infer_img_s": 20.0},
+    {"method": "mvtecCAE-l2", "category": "a/x", "image_auroc": 0.6, "pixel_auroc": 0.5, "aupro": 0.4, "infer_img_s": 30.0},
+]
+
+
+def test_results_markdown_has_one_row_per_method_with_means_and_gaps():
+    lines = results_markdown(ROWS).splitlines()
+    padim = next(line for line in lines if line.startswith("| padim-lite0"))
+    cae = next(line for line in lines if line.startswith("| mvtecCAE-l2"))
+    assert "| 0.900 / 0.800 / 0.700 | 0.700 / - / - | 0.800 (2/2) | 15.0 |" in padim
+    assert "| 0.600 / 0.500 / 0.400 | - | 0.600 (1/2) | 30.0 |" in cae
+
+
+def test_update_readme_replaces_only_the_marked_section(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{START}\nold table\n{END}\noutro\n")
+    update_readme(readme, ROWS)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith(f"{END}\noutro\n")
+    assert "old table" not in text and "padim-lite0" in text
+
+
+def test_update_readme_without_markers_is_an_error(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="markers"):
+        update_readme(readme, ROWS)
+    assert readme.read_text() == "no markers\n"
+
+
+def test_chart_is_a_png(tmp_path):
+    save_chart(ROWS, tmp_path / "chart.png")
+    with Image.open(tmp_path / "chart.png") as image:
+        assert image.format == "PNG" and image.width > 300
