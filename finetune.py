@@ -15,7 +15,7 @@ from dataclasses import dataclass
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from processing.errors import UserError, cli_entry  # noqa: E402
+from processing.errors import CommandLineParser, UserError, cli_entry  # noqa: E402
 
 
 @dataclass
@@ -25,10 +25,14 @@ class FinetuneConfig:
     dtype: str
     n_thresholds: int
     n_min_areas: int
+    tile: int | None
+    overlap: int | None
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from processing import tiling
+
+    parser = CommandLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-p", "--model-path", default=None, help="model.keras or its run folder (default: latest)")
     parser.add_argument("-m", "--residual", choices=("ssim", "l2"), default=None,
                         help="residual map kind (autoencoders only; default: the training loss's)")
@@ -36,6 +40,7 @@ def parse_args(argv=None):
                         help="uint8 quantises maps to 256 levels for a faster search")
     parser.add_argument("--n-thresholds", type=int, default=100)
     parser.add_argument("--n-min-areas", type=int, default=40)
+    tiling.add_arguments(parser)
     return FinetuneConfig(**vars(parser.parse_args(argv)))
 
 
@@ -45,6 +50,7 @@ def finetune(config):
     from processing import data, finetuning, runs
     from processing.plots import plot_finetune_search, plot_score_histogram
     from processing.progress import report
+    from processing.tiling import tiled_maps_and_scores
 
     started = time.perf_counter()
     run = runs.Run(runs.resolve_model_path(config.model_path))
@@ -56,10 +62,11 @@ def finetune(config):
     if len(set(labels.tolist())) < 2:
         raise UserError(f"the finetune split of {run.dataset.name} needs good and defective images, "
                         f"it has {len(samples)} images of one kind; add test images or raise --finetune-fraction in train.py")
-    images, masks = data.load_arrays(run.dataset, samples, run.size, run.channels)
+    tiling = run.tiling_for(config.tile, config.overlap)
+    images, masks = data.load_arrays(run.dataset, samples, run.working_size(tiling), run.channels)
     report(f"finetuning {run.method} on {len(samples)} finetune images of {run.dataset.name}")
     map_started = time.perf_counter()
-    maps, scores = model.maps_and_scores(images)
+    maps, scores = tiled_maps_and_scores(model, images, tiling)
     map_seconds = time.perf_counter() - map_started
 
     search_started = time.perf_counter()
@@ -87,6 +94,7 @@ def finetune(config):
         "finetune_f1": float(result.f1),
         "finetune_pixel_iou": float(result.pixel_iou),
         "map_options": model.map_options(),
+        "tiling": tiling.to_json() if tiling else None,
         "dtype": config.dtype,
         "n_images": len(samples),
         "grid": {"thresholds": len(thresholds), "min_areas": len(min_areas)},

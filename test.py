@@ -2,6 +2,7 @@
 
     python3 test.py --save                        # latest model; --save writes one overlay per test image
     python3 test.py -p saved_models/.../model.keras
+    python3 test.py --report                      # also report.html: one self-contained page, opens offline
 
 Threshold-free metrics (image AUROC, pixel AUROC, AUPRO to FPR 0.3, image F1-max) use the full test
 set so they compare with published tables. Metrics at the finetuned threshold / min-area use the
@@ -17,19 +18,27 @@ from dataclasses import dataclass
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from processing.errors import UserError, cli_entry  # noqa: E402
+from processing.errors import CommandLineParser, UserError, cli_entry  # noqa: E402
 
 
 @dataclass
 class TestConfig:
     model_path: str | None
     save: bool
+    report: bool
+    tile: int | None
+    overlap: int | None
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from processing import tiling
+
+    parser = CommandLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-p", "--model-path", default=None, help="model.keras or its run folder (default: latest)")
     parser.add_argument("--save", action="store_true", help="save a segmentation overlay PNG per test image")
+    parser.add_argument("--report", action="store_true",
+                        help="write report.html: metrics, curves, the worst false positives and negatives (offline)")
+    tiling.add_arguments(parser)
     return TestConfig(**vars(parser.parse_args(argv)))
 
 
@@ -59,6 +68,7 @@ def evaluate(config):
 
     from processing import data, metrics, plots, runs, segmentation
     from processing.progress import report
+    from processing.tiling import tiled_maps_and_scores
 
     started = time.perf_counter()
     run = runs.Run(runs.resolve_model_path(config.model_path))
@@ -74,14 +84,16 @@ def evaluate(config):
         raise UserError(f"{run.dataset.name} has no test images; add test/good and test/<defect> folders")
     in_evaluation = np.array([False] * len(run.finetune_samples) + [True] * len(run.evaluation_samples))
     labels = np.array([s.label for s in samples])
-    images, masks = data.load_arrays(run.dataset, samples, run.size, run.channels)
+    tiling = run.tiling_for(config.tile, config.overlap)
+    images, masks = data.load_arrays(run.dataset, samples, run.working_size(tiling), run.channels)
     report(f"testing {run.method} on {len(samples)} test images of {run.dataset.name}")
     map_started = time.perf_counter()
-    maps, scores = model.maps_and_scores(images)
+    maps, scores = tiled_maps_and_scores(model, images, tiling)
     images_per_second = len(samples) / (time.perf_counter() - map_started)
 
     results = {"method": run.method, "dataset": run.dataset.name, "model": str(run.model_path),
                "n_test_images": len(samples), "n_evaluation_images": int(in_evaluation.sum()),
+               "tiling": tiling.to_json() if tiling else None,
                "full_test_set": threshold_free_metrics(labels, scores, masks, maps),
                "inference_images_per_second": images_per_second}
     predictions = np.full(len(samples), -1)
@@ -98,10 +110,13 @@ def evaluate(config):
         fpr, tpr = metrics.roc_curve_points(labels, scores)
         plots.plot_roc_curve(results_dir / "roc_curve.png", fpr, tpr, results["full_test_set"]["image_auroc"],
                              title=f"{run.method} on {run.dataset.name}")
+        recall, precision = metrics.pr_curve_points(labels, scores)
+        plots.plot_pr_curve(results_dir / "pr_curve.png", recall, precision, labels.mean(),
+                            title=f"{run.method} on {run.dataset.name}")
     plots.plot_score_histogram(results_dir / "score_histogram.png", scores, labels,
                                title=f"{run.method} on {run.dataset.name}: image scores")
+    map_range = (float(np.percentile(maps, 1)), float(np.percentile(maps, 99.9)))  # one colour scale for all overlays
     if config.save:
-        map_range = (float(np.percentile(maps, 1)), float(np.percentile(maps, 99.9)))
         for i, sample in enumerate(samples):
             name = sample.path.replace("/", "_").rsplit(".", 1)[0] + ".png"
             plots.save_overlay(results_dir / "segmentation" / name, images[i], maps[i],
@@ -111,6 +126,12 @@ def evaluate(config):
     runs.atomic.write_text(results_dir / "per_image.csv", per_image_csv(rows))
     results["wall_seconds"] = time.perf_counter() - started
     runs.atomic.write_json(results_dir / "metrics.json", results)
+    if config.report:
+        from processing.report import write_report
+
+        page = write_report(results_dir, samples, images, maps, masks, predicted_masks if tuned else None, scores,
+                            in_evaluation, map_range)
+        report(f"report: {page}")
     print_table(results)
     report(f"results in {results_dir}")
     return results_dir

@@ -2,8 +2,14 @@
 
     python3 train.py                                   # built-in synthetic dataset, patchcore
     python3 train.py -d mvtec_ad/bottle --data-root ../shared/data -a resnetCAE -l l2 -c grayscale
+    python3 train.py -a mvtecCAE --resume              # continue a stopped run from its last checkpoint
+
+Methods trained by gradient checkpoint after every epoch (processing/checkpoints.py); NaN/inf losses
+stop the run, keeping the last good checkpoint; --distribute trains on several devices or machines.
 """
 import argparse
+import contextlib
+import functools
 import os
 import time
 import uuid
@@ -12,8 +18,9 @@ from dataclasses import asdict, dataclass, field, fields
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from processing.errors import UserError, cli_entry  # noqa: E402
+from processing.errors import CommandLineParser, UserError, cli_entry  # noqa: E402
 
+INSPECTED_NORMAL_IMAGES = 64  # training images behind the -i plots of a method (e.g. a t-SNE)
 DEFAULT_METHOD = "patchcore"  # the most accurate method here, and it trains in seconds
 
 
@@ -27,6 +34,8 @@ class TrainConfig:
     batch_size: int | None  # None: the method's default (AnomalyModel.default_*), filled in by train()
     epochs: int | None
     size: int | None
+    tile: int | None  # --tile: the model trains on tiles of this size of the images at their own resolution
+    overlap: int | None
     seed: int
     inspect: bool
     learning_rate: float | None
@@ -35,6 +44,8 @@ class TrainConfig:
     finetune_fraction: float
     latent_dim: int | None
     backbone: str
+    distribute: str = "none"  # processing/distribution.py
+    resume: bool = False
     options: dict = field(default_factory=dict)  # the method family's own flags (registry.ARGUMENT_GROUPS)
 
     @property
@@ -43,9 +54,10 @@ class TrainConfig:
 
 
 def parse_args(argv=None):
+    from processing.distribution import STRATEGIES
     from registry import add_method_arguments, method_names
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-d", "--dataset", default="synthetic",
                         help="folder in MVTec layout, a name under --data-root, or 'synthetic' (default)")
     parser.add_argument("--data-root", default=None, help="where -d names are looked up (default: $ANOMALY_DATA_ROOT or datasets/)")
@@ -56,6 +68,9 @@ def parse_args(argv=None):
     parser.add_argument("-e", "--epochs", type=int, default=None,
                         help="maximum epochs (early stopping may end sooner); default: the method's (50 for autoencoders)")
     parser.add_argument("--size", type=int, default=None, help="input size in pixels (default: the images' own size)")
+    parser.add_argument("--tile", type=int, default=None,
+                        help="train on overlapping tiles of this size (the input size) of the full-size images")
+    parser.add_argument("--overlap", type=int, default=None, help="overlap of neighbouring tiles in pixels (default: tile / 4)")
     parser.add_argument("--seed", type=int, default=0, help="seeds weights, shuffling and splits")
     parser.add_argument("-i", "--inspect", action="store_true", help="save validation reconstructions/maps as PNG")
     parser.add_argument("--learning-rate", type=float, default=None, help="default: the method's (1e-3 for autoencoders)")
@@ -67,6 +82,10 @@ def parse_args(argv=None):
     parser.add_argument("--latent-dim", type=int, default=None, help="autoencoder code size (default per architecture)")
     parser.add_argument("--backbone", choices=("lite0", "lite1", "lite2"), default="lite0",
                         help="pretrained EfficientNet-Lite for the methods built on one")
+    parser.add_argument("--distribute", choices=STRATEGIES, default="none",
+                        help="mirrored: all local GPUs; multiworker: several machines via TF_CONFIG (-b is the global batch)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the stopped run of this dataset and method from its last checkpoint (same flags)")
     add_method_arguments(parser)
     args = vars(parser.parse_args(argv))
     for name in ("batch_size", "epochs"):
@@ -87,35 +106,114 @@ def apply_method_defaults(config, model):
             setattr(config, name, getattr(model, f"default_{name}"))
 
 
-def fit(model, train_ds, val_ds, config, n_train):
-    """Gradient training with the method's optimizer and hooks; returns (history, images/s per epoch)."""
+def resolve_sizes(config, dataset, tiling):
+    """Set the model's input size (and the overlap used) in `config`; return the size images load at:
+    the input size, or with tiling the first training image's own (height, width)."""
+    from processing import data
+
+    if tiling is None:
+        config.size = config.size or data.native_size(dataset)
+        return config.size
+    if config.size is not None:
+        raise UserError("--size and --tile exclude each other: with --tile the model's input size is the tile size")
+    image_size = data.native_shape(dataset)
+    if min(image_size) < tiling.tile:
+        raise UserError(f"--tile {tiling.tile} is larger than the training images ({image_size[0]}x{image_size[1]} px); "
+                        "choose a smaller tile")
+    config.size, config.overlap = tiling.tile, tiling.overlap
+    return image_size
+
+
+def epoch_pipelines(model, items, n_items, config, first_epoch):
+    """Batches of epochs first_epoch..epochs-1, one pass each, built by the method's training_data hook.
+
+    Epoch e is shuffled with data.epoch_seed(seed, e), and the hook runs right after
+    keras.utils.set_random_seed of that seed, so the order and any randomness created in the hook depend
+    on (seed, e) only, not on how many epochs ran in this process: a resumed run sees the same batches.
+    Returns (first epoch's pipeline, all of them in a row).
+    """
+    import keras
+    import tensorflow as tf
+
+    from processing import data
+
+    def one_epoch(epoch):
+        seed = data.epoch_seed(config.seed, epoch)
+        keras.utils.set_random_seed(seed)
+        order = items.shuffle(n_items, seed=seed, reshuffle_each_iteration=False)
+        return model.training_data(order.batch(config.batch_size))
+
+    epochs = [one_epoch(epoch) for epoch in range(first_epoch, config.epochs)]
+    return epochs[0], functools.reduce(tf.data.Dataset.concatenate, epochs).prefetch(tf.data.AUTOTUNE)
+
+
+def number_of_batches(pipeline):
+    count = int(pipeline.cardinality())
+    return count if count >= 0 else int(pipeline.reduce(0, lambda n, _: n + 1))  # a hook that hides the count
+
+
+@contextlib.contextmanager
+def out_of_memory_hint(config):
+    """Out of memory in training or calibration -> one line that suggests a smaller batch."""
+    import tensorflow as tf
+
+    try:
+        yield
+    except (tf.errors.ResourceExhaustedError, MemoryError) as error:
+        raise UserError(f"out of memory with batch size {config.batch_size} at {config.size} px; "
+                        f"pass a smaller -b (e.g. -b {max(1, config.batch_size // 2)})") from error
+
+
+def fit(model, items, n_items, val_ds, config, checkpoint, resumed=None, write_checkpoints=True):
+    """Gradient training with the method's optimizer and hooks, checkpointed after every epoch.
+
+    `items` are the cached training images (or tiles). A resumed run restores the checkpoint instead of
+    running prepare_training. Returns (history, images/s per epoch) of all epochs, resumed ones included.
+    """
     import keras
 
+    from processing.checkpoints import EpochCheckpoint
     from processing.progress import EpochProgress
 
-    steps_per_epoch = -(-n_train // config.batch_size)
+    first_epoch = (config.epochs if resumed["stopped"] else resumed["epoch"]) if resumed else 0
+    # With no epoch left (stopped after the last checkpoint), fit runs no epoch but still ends training
+    # as before: early stopping puts its best weights back.
+    first_pipeline, train_ds = epoch_pipelines(model, items, n_items, config, min(first_epoch, config.epochs - 1))
+    steps_per_epoch = number_of_batches(first_pipeline)
     model.compile(optimizer=model.make_optimizer(config.learning_rate, steps_per_epoch, config.epochs))
-    train_ds = model.training_data(train_ds)
-    model.prepare_training(train_ds)
-    progress = EpochProgress(n_train, config.epochs)
-    callbacks = [progress, *model.training_callbacks()]
-    if model.early_stopping:
-        monitor = "val_loss" if val_ds is not None else "loss"
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=config.patience,
-                                                       restore_best_weights=True))
-    result = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks,
-                       shuffle=False, verbose=0)  # tf.data already shuffles
-    history = {key: [float(v) for v in values] for key, values in result.history.items()}
-    return history, progress.images_per_second
+    if not model.built:
+        model.build((None, config.size, config.size, config.channels))
+    model.optimizer.build(model.trainable_variables)  # its variables must exist to be restored
+    progress = EpochProgress(n_items, config.epochs)
+    early_stopping = keras.callbacks.EarlyStopping(monitor="val_loss" if val_ds is not None else "loss",
+                                                   patience=config.patience, restore_best_weights=True) \
+        if model.early_stopping else None
+    saver = EpochCheckpoint(checkpoint, asdict(config), progress, early_stopping, resumed, write_checkpoints)
+    saver.set_model(model)
+    if resumed:
+        saver.restore_variables()
+    else:
+        model.prepare_training(first_pipeline)
+    callbacks = [progress, *model.training_callbacks(), *filter(None, [early_stopping]), saver]
+    with out_of_memory_hint(config):
+        model.fit(train_ds, validation_data=val_ds, initial_epoch=first_epoch, epochs=config.epochs,
+                  steps_per_epoch=steps_per_epoch, callbacks=callbacks, shuffle=False, verbose=0)
+    if saver.non_finite_epoch is not None:
+        kept = (f"the checkpoint of epoch {saver.last_good_epoch} is kept in {checkpoint.folder}"
+                if saver.last_good_epoch else "no epoch finished")
+        raise UserError(f"the loss became NaN/inf in epoch {saver.non_finite_epoch + 1}: training stopped and no "
+                        f"model was saved ({kept}); lower --learning-rate (now {config.learning_rate:g}) and train again")
+    return saver.history, progress.images_per_second
 
 
 def train(config):
     import keras
     import tensorflow as tf
 
-    from processing import data, runs
+    from processing import checkpoints, data, distribution, runs
     from processing.plots import plot_training_curves, save_image_grid
     from processing.progress import report
+    from processing.tiling import Tiling
     from registry import build_method
 
     started = time.perf_counter()
@@ -125,28 +223,50 @@ def train(config):
     root, name = data.resolve_dataset(config.dataset, config.data_root)
     dataset = data.scan_dataset(root, name)
     data.check_images(dataset, dataset.train + dataset.test)
-    config.size = config.size or data.native_size(dataset)
-    model = build_method(config.method, config)
+    tiling = Tiling.from_flags(config.tile, config.overlap)
+    image_size = resolve_sizes(config, dataset, tiling)
+    strategy = distribution.make_strategy(config.distribute)
+    with strategy.scope():  # variables created in the scope are mirrored across the replicas
+        model = build_method(config.method, config)
     apply_method_defaults(config, model)
+    if not model.trains_by_gradient and (config.distribute != "none" or config.resume):
+        raise UserError(f"{config.method} has no training epochs: --distribute and --resume apply to methods "
+                        "trained by gradient; drop them")
+    if config.batch_size < strategy.num_replicas_in_sync:
+        raise UserError(f"-b {config.batch_size} is smaller than the {strategy.num_replicas_in_sync} replicas of "
+                        f"--distribute {config.distribute}; -b is the global batch, pass at least that many")
+    checkpoint = checkpoints.Checkpoint(checkpoints.checkpoint_folder(runs.SAVED_MODELS, name, config.method))
+    resumed = checkpoint.load(asdict(config)) if config.resume else None
     if len(dataset.train) < model.min_train_images:
         raise UserError(f"{config.method} needs at least {model.min_train_images} training images, "
                         f"{dataset.root / 'train' / 'good'} has {len(dataset.train)}; add more normal images")
     train_samples, val_samples = data.split_train_validation(dataset.train, config.validation_fraction, config.seed)
     finetune_samples, evaluation_samples = data.split_finetune_evaluation(dataset.test, config.finetune_fraction, config.seed)
+    tiles_per_image = tiling.count(*image_size) if tiling else 1
+    resolution = f"{image_size[0]}x{image_size[1]}px in {tiles_per_image} tiles of {config.size}px" if tiling \
+        else f"{config.size}px"
     report(f"dataset {name}: {len(train_samples)} train, {len(val_samples)} validation, "
-           f"{len(finetune_samples)} finetune, {len(evaluation_samples)} evaluation images at {config.size}px {config.color}")
+           f"{len(finetune_samples)} finetune, {len(evaluation_samples)} evaluation images at {resolution} {config.color}")
 
-    train_ds = data.image_dataset(dataset, train_samples, config.size, config.channels, config.batch_size,
-                                  shuffle=True, seed=config.seed)
-    val_ds = data.image_dataset(dataset, val_samples, config.size, config.channels, config.batch_size) if val_samples else None
+    val_ds = data.image_dataset(dataset, val_samples, image_size, config.channels, config.batch_size,
+                                tiling=tiling) if val_samples else None
 
     history, images_per_second = {}, []
     if model.trains_by_gradient:
-        history, images_per_second = fit(model, train_ds, val_ds, config, len(train_samples))
+        checkpoints.announce(checkpoint, resumed)
+        items, n_items = data.cached_items(dataset, train_samples, image_size, config.channels, tiling)
+        with strategy.scope():
+            history, images_per_second = fit(model, items, n_items, val_ds, config, checkpoint, resumed,
+                                             write_checkpoints=distribution.writes_files(strategy))
     train_seconds = time.perf_counter() - started
+    if not distribution.writes_files(strategy):
+        report("this worker is done; the chief worker calibrates and saves the model")
+        return None
 
     calibrate_started = time.perf_counter()
-    model.calibrate(data.image_dataset(dataset, train_samples, config.size, config.channels, config.batch_size))
+    with out_of_memory_hint(config):
+        model.calibrate(data.image_dataset(dataset, train_samples, image_size, config.channels, config.batch_size,
+                                           tiling=tiling))
     calibrate_seconds = time.perf_counter() - calibrate_started
 
     # Created only now, so a run that fails never leaves a half-filled folder behind.
@@ -154,16 +274,23 @@ def train(config):
     if history:
         plot_training_curves(run_dir / "training_curves.png", history, title=f"{config.method} on {name}")
     if config.inspect:
-        images, _ = data.load_arrays(dataset, val_samples or train_samples[:8], config.size, config.channels)
-        save_image_grid(run_dir / "inspect_validation.png", model.inspection_rows(images[:8]))
+        first_batch = next(iter(data.image_dataset(dataset, val_samples or train_samples[:8], image_size,
+                                                   config.channels, 8, tiling=tiling)))
+        save_image_grid(run_dir / "inspect_validation.png", model.inspection_rows(first_batch.numpy()))
+        if tiling is None:  # whole images, so that every picture has one label
+            normal_images, _ = data.load_arrays(dataset, train_samples[:INSPECTED_NORMAL_IMAGES], config.size, config.channels)
+            test_images, _ = data.load_arrays(dataset, finetune_samples, config.size, config.channels)
+            model.inspection_plots(run_dir, normal_images, test_images, [s.defect for s in finetune_samples])
 
     runs.save_model(model, run_dir)
     runs.atomic.write_json(run_dir / runs.RUN_FILE, {
         "run_id": uuid.uuid4().hex,
+        "format_version": runs.FORMAT_VERSION,
         "method": config.method,
         "command": runs.command_line(),
         "config": asdict(config),
         "input_size": config.size,
+        "tiling": {**tiling.to_json(), "image_size": list(image_size)} if tiling else None,
         "channels": config.channels,
         "dataset": {"name": name, "root": str(dataset.root)},
         "seed": config.seed,
@@ -177,6 +304,7 @@ def train(config):
                          "total": time.perf_counter() - started},
     })
     runs.point_latest(run_dir)
+    checkpoint.remove()
     report(f"saved {run_dir / runs.MODEL_FILE} ({time.perf_counter() - started:.0f} s); next: python3 finetune.py")
     return run_dir
 

@@ -66,8 +66,8 @@ class AutoencoderDetector(AnomalyModel):
     def reconstruct(self, images):
         return self.in_batches(lambda batch: ops.convert_to_numpy(self(batch)), images)
 
-    def _batch_maps(self, images):
-        return ops.convert_to_numpy(losses.residual_map(self.residual, images, self(images)))
+    def graph_maps(self, images):
+        return losses.residual_map(self.residual, images, self(images))
 
     def inspection_rows(self, images):
         images = self.check_images(images)

@@ -112,9 +112,13 @@ def upsample_and_blur(patch_scores, size, sigma=MAP_SIGMA):
     are linear and separable, so they are applied as one (size, h) matrix A: map = A @ scores @ A.T.
     That is about 50x faster on CPU than resizing and convolving with a 33-tap kernel.
     """
+    return ops.convert_to_numpy(upsample_and_blur_graph(patch_scores, size, sigma))
+
+
+def upsample_and_blur_graph(patch_scores, size, sigma=MAP_SIGMA):
+    """upsample_and_blur as a keras.ops tensor, traceable into an exported graph."""
     operator = ops.convert_to_tensor(_upsample_blur_operator(patch_scores.shape[1], size, float(sigma)))
-    maps = ops.matmul(ops.matmul(operator, ops.convert_to_tensor(patch_scores, "float32")), ops.transpose(operator))
-    return ops.convert_to_numpy(maps)
+    return ops.matmul(ops.matmul(operator, ops.convert_to_tensor(patch_scores, "float32")), ops.transpose(operator))
 
 
 @functools.lru_cache(maxsize=8)
@@ -135,7 +139,8 @@ def _upsample_blur_operator(grid, size, sigma):
 class PatchFeatureModel(AnomalyModel):
     """Base for methods that fit statistics of patch features of normal images (no gradient training).
 
-    Subclasses implement `_patch_scores(features) -> (n, h, w)` and may override `_image_scores`.
+    Subclasses implement `_graph_patch_scores(features) -> (n, h, w)` in keras.ops and may override
+    `_image_scores` (keras.ops too) and `_patch_scores` (a numpy path for eager inference).
     """
 
     trains_by_gradient = False
@@ -150,12 +155,15 @@ class PatchFeatureModel(AnomalyModel):
         return {**super().get_config(), "backbone": self.backbone}
 
     # ---- what subclasses implement
-    def _patch_scores(self, features):
+    def _graph_patch_scores(self, features):
         raise NotImplementedError
 
+    def _patch_scores(self, features):
+        return ops.convert_to_numpy(self._graph_patch_scores(features))
+
     def _image_scores(self, features, patch_scores, maps):
-        """(n,) image scores; default: the max of the anomaly map (PaDiM's rule)."""
-        return maps.reshape(len(maps), -1).max(axis=1)
+        """(n,) image scores, keras.ops, shared by inference and export; default: the map's max (PaDiM's rule)."""
+        return ops.max(maps, axis=(1, 2))
 
     # ---- features
     def extract(self, images):
@@ -186,7 +194,13 @@ class PatchFeatureModel(AnomalyModel):
         features = self.extract(images)
         patch_scores = self._patch_scores(features)
         maps = upsample_and_blur(patch_scores, self.input_size)
-        return maps, np.asarray(self._image_scores(features, patch_scores, maps), np.float32)
+        return maps, ops.convert_to_numpy(self._image_scores(features, patch_scores, maps)).astype(np.float32)
+
+    def map_and_score_graph(self, images):
+        features = self.patch_features(images)
+        patch_scores = self._graph_patch_scores(features)
+        maps = upsample_and_blur_graph(patch_scores, self.input_size)
+        return maps, self._image_scores(features, patch_scores, maps)
 
     def _batch_maps(self, images):
         return self._batch_maps_and_scores(images)[0]

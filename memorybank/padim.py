@@ -64,11 +64,11 @@ class PaDiM(PatchFeatureModel):
         report(f"padim: {self.grid_height * self.grid_width} Gaussians of {self.padim_features} dims "
                f"from {gaussians.count} images")
 
-    def _patch_scores(self, features):
+    def _graph_patch_scores(self, features):
         centred = self._position_features(features) - self.mean
         squared = ops.sum(ops.einsum("npd,pde->npe", centred, self.precision) * centred, axis=-1)
         distances = ops.sqrt(ops.maximum(squared, 0.0))  # rounding can make it slightly negative
-        return ops.convert_to_numpy(ops.reshape(distances, (-1, self.grid_height, self.grid_width)))
+        return ops.reshape(distances, (-1, self.grid_height, self.grid_width))
 
 
 def random_channels(feature_dim, count, seed):

@@ -78,35 +78,46 @@ class PatchCore(PatchFeatureModel):
     def _bank(self):
         if self.memory_bank is None:
             raise UserError("patchcore has no memory bank yet: calibrate it on normal images (train.py) first")
-        return ops.convert_to_numpy(self.memory_bank)
+        return self.memory_bank
 
     def _patch_scores(self, features):
-        detector = CoresetMemoryBank.from_state({"memory_bank": self._bank()})
+        """Eager inference: the detector's blocked search keeps memory bounded for any bank size."""
+        detector = CoresetMemoryBank.from_state({"memory_bank": ops.convert_to_numpy(self._bank())})
         scores = detector.score_samples(features.reshape(-1, self.feature_dim))
         return scores.reshape(len(features), self.grid_height, self.grid_width)
 
+    def _graph_patch_scores(self, features):
+        """The same distances for export, as one (patches x bank) matrix per batch: the caller picks the batch."""
+        queries = ops.reshape(features, (-1, self.feature_dim))
+        nearest = ops.sqrt(ops.maximum(ops.min(_squared_distances(queries, self._bank()), axis=1), 0.0))
+        return ops.reshape(nearest, (-1, self.grid_height, self.grid_width))
+
     def _image_scores(self, features, patch_scores, maps):
-        flat_scores = patch_scores.reshape(len(patch_scores), -1)
-        worst = flat_scores.argmax(axis=1)
-        best = flat_scores[np.arange(len(worst)), worst]
+        patches = self.grid_height * self.grid_width
+        flat_scores = ops.reshape(patch_scores, (-1, patches))
+        best = ops.max(flat_scores, axis=1)
         if self.score_neighbours == 1:
             return best
-        worst_features = features.reshape(len(features), -1, self.feature_dim)[np.arange(len(worst)), worst]
+        worst = ops.argmax(flat_scores, axis=1)
+        # Row of image i's worst patch among all patches of the batch, flattened.
+        rows = ops.arange(ops.shape(flat_scores)[0], dtype=worst.dtype) * patches + worst
+        worst_features = ops.take(ops.reshape(features, (-1, self.feature_dim)), rows, axis=0)
         return best * rarity_weights(worst_features, self._bank(), self.score_neighbours)
 
 
 def rarity_weights(queries, bank, neighbours):
     """PatchCore's eq. 7 weight for each query q: 1 - softmax over m in N_b(m*) of ||q - m||, taken at m*."""
-    nearest = _squared_distances(queries, bank).argmin(axis=1)  # m*
-    b = min(neighbours, len(bank))
-    around_nearest = np.argpartition(_squared_distances(bank[nearest], bank), b - 1, axis=1)[:, :b]  # N_b(m*)
-    distances = np.linalg.norm(queries[:, None, :] - bank[around_nearest], axis=-1)
-    distance_to_nearest = np.linalg.norm(queries - bank[nearest], axis=-1)
+    queries, bank = ops.convert_to_tensor(queries, "float32"), ops.convert_to_tensor(bank, "float32")
+    nearest = ops.take(bank, ops.argmin(_squared_distances(queries, bank), axis=1), axis=0)  # m*
+    b = min(neighbours, bank.shape[0])
+    _, around_nearest = ops.top_k(-_squared_distances(nearest, bank), b)  # N_b(m*)
+    distances = ops.norm(queries[:, None, :] - ops.take(bank, around_nearest, axis=0), axis=-1)
+    distance_to_nearest = ops.norm(queries - nearest, axis=-1)
     # exp(d*) / sum exp(d) written as 1 / sum exp(d - d*): d* is the smallest, so nothing overflows.
-    return 1 - 1 / np.exp(distances - distance_to_nearest[:, None]).sum(axis=1)
+    return 1 - 1 / ops.sum(ops.exp(distances - distance_to_nearest[:, None]), axis=1)
 
 
 def _squared_distances(queries, bank):
-    """(n, m) squared Euclidean distances; n is a handful of queries, so the matrix stays small."""
-    return (np.einsum("ij,ij->i", queries, queries)[:, None] - 2 * queries @ bank.T
-            + np.einsum("ij,ij->i", bank, bank)[None, :])
+    """(n, m) squared Euclidean distances, as ||q||^2 - 2 q.m + ||m||^2 (one matmul)."""
+    return (ops.sum(queries * queries, axis=1)[:, None] - 2 * ops.matmul(queries, ops.transpose(bank))
+            + ops.sum(bank * bank, axis=1)[None, :])

@@ -2,16 +2,35 @@
 
 finetune.py and test.py only call `anomaly_map`, `score` and `maps_and_scores`; they never
 branch on the method.
+
+Training hooks and `train.py --resume` (processing/checkpoints.py): a run stopped after epoch k and
+resumed must reach the same weights as an uninterrupted one. train.py checkpoints every model variable
+(seed-generator states and non-trainable weights included) and the optimizer's; in return the hooks
+keep to this contract:
+* `training_data(batches)` is called once per epoch, on that epoch's shuffled batches, right after
+  `keras.utils.set_random_seed(data.epoch_seed(seed, epoch))`: randomness it creates (tf.data maps,
+  SeedGenerators made inside it) then depends on (seed, epoch) only. Randomness inside `train_step`
+  must come from SeedGenerators the model owns (they are checkpointed) or from seeds derived from
+  the epoch, never from a process-wide generator.
+* `prepare_training` runs once on a fresh run and is skipped on resume: whatever it computes must live
+  in model variables (e.g. a centre as a non-trainable weight), which the checkpoint restores.
+* callbacks from `training_callbacks` must derive their state from the epoch number or model variables.
+* `compute_loss` returns the plain batch mean; under --distribute the base class divides it by the
+  number of replicas, as Keras expects of a loss whose replica gradients it sums.
 """
+import functools
+
 import keras
 import numpy as np
+from keras import ops
 from scipy import ndimage
 
 from processing.errors import UserError
 
 
 class AnomalyModel(keras.Model):
-    """Base class: subclasses implement `_batch_maps(images) -> (n, H, W)` maps, higher = more anomalous."""
+    """Base class: subclasses implement `graph_maps(images) -> (n, H, W)` maps in keras.ops (or `_batch_maps`
+    where maps need numpy; such a method cannot be exported), higher = more anomalous."""
 
     method_name = "base"
     trains_by_gradient = True  # False: train.py skips fit() and only calibrates
@@ -49,6 +68,16 @@ class AnomalyModel(keras.Model):
         """Extra Keras callbacks fit() needs (e.g. a schedule that updates a radius every k epochs)."""
         return []
 
+    def _compute_loss(self, *args, **kwargs):
+        # Keras's own compute_loss pre-divides by the replica count; the methods' overrides return a plain mean.
+        import tensorflow as tf
+
+        loss = super()._compute_loss(*args, **kwargs)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if replicas == 1 or type(self).compute_loss is keras.Model.compute_loss:
+            return loss
+        return loss / replicas
+
     def calibrate(self, normal_images):
         """Fit what gradients do not learn (detector statistics, centres, memory banks). No-op by default."""
 
@@ -66,8 +95,21 @@ class AnomalyModel(keras.Model):
         maps = self.anomaly_map(images)
         return [[image, heat] for image, heat in zip(images, maps)]
 
+    def inspection_plots(self, folder, normal_images, test_images, test_defects):
+        """Extra PNGs for train.py -i in `folder` (e.g. a t-SNE of embeddings), from normal training images and
+        labelled test images (`test_defects`: "good" or the defect type per image). None by default."""
+
+    def graph_maps(self, images):
+        """(n, H, W) maps of float images in [0, 1], keras.ops only, so that export.py can trace them."""
+        raise NotImplementedError(f"{self.method_name} computes its maps outside keras.ops")
+
+    def map_and_score_graph(self, images):
+        """Traceable (maps, scores), equal to maps_and_scores; override where the score is not the default."""
+        maps = self.graph_maps(images)
+        return maps, self.score_from_maps_graph(maps)
+
     def _batch_maps(self, images):
-        raise NotImplementedError
+        return ops.convert_to_numpy(self.graph_maps(images))
 
     # ---- the shared contract
     def check_images(self, images):
@@ -94,6 +136,12 @@ class AnomalyModel(keras.Model):
         smoothed = ndimage.gaussian_filter(maps, sigma=(0, self.score_sigma, self.score_sigma), mode="nearest")
         return smoothed.reshape(len(maps), -1).max(axis=1).astype(np.float32)
 
+    def score_from_maps_graph(self, maps):
+        """score_from_maps in keras.ops: the blur is linear and separable, one fixed matrix per axis."""
+        rows = ops.convert_to_tensor(score_smoothing_matrix(maps.shape[1], self.score_sigma))
+        columns = ops.convert_to_tensor(score_smoothing_matrix(maps.shape[2], self.score_sigma))
+        return ops.max(ops.matmul(ops.matmul(rows, maps), ops.transpose(columns)), axis=(1, 2))
+
     def score(self, images):
         """(N,) float32 image score, higher = more anomalous."""
         return self.maps_and_scores(images)[1]
@@ -102,3 +150,10 @@ class AnomalyModel(keras.Model):
         """Both in one pass, for the CLIs."""
         maps = self.anomaly_map(images)
         return maps, self.score_from_maps(maps)
+
+
+@functools.lru_cache(maxsize=8)
+def score_smoothing_matrix(size, sigma):
+    """(size, size) float32 matrix M with M @ x == gaussian_filter1d(x, sigma, mode="nearest"): column j
+    is the filtered j-th basis vector, so the matrix is scipy's own filter, edge handling included."""
+    return ndimage.gaussian_filter1d(np.eye(size), sigma, axis=0, mode="nearest").astype(np.float32)

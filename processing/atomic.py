@@ -3,6 +3,8 @@
 A crash or a full disk never leaves a half-written result in place of an earlier one.
 """
 import contextlib
+import csv
+import io
 import json
 import os
 import tempfile
@@ -39,6 +41,15 @@ def write_text(path, text):
 
 def write_json(path, data):
     write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_to_builtin) + "\n")
+
+
+def write_csv(path, rows):
+    """A list of dicts with the same keys -> a CSV file with a header row (the keys of the first)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
 
 
 def _to_builtin(value):

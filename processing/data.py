@@ -69,7 +69,10 @@ def _dataset_name(root, data_root):
 
 
 def _images_in(folder):
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    try:
+        return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    except OSError as error:
+        raise UserError(f"cannot read {folder}: {error.strerror}; check that the folder is readable") from error
 
 
 def scan_dataset(root, name=None):
@@ -123,8 +126,13 @@ def _decoded_size(path):
 
 def native_size(dataset):
     """Side of the first training image: the default input size, so nothing is resized by default."""
+    return min(native_shape(dataset))
+
+
+def native_shape(dataset):
+    """(height, width) of the first training image: the working resolution of tiled runs."""
     width, height = _decoded_size(dataset.root / dataset.train[0].path)
-    return min(width, height)
+    return height, width
 
 
 # ---------------------------------------------------------------- splits
@@ -165,46 +173,102 @@ def samples_from_json(items):
 
 # ---------------------------------------------------------------- tf.data
 
-def _decode(path, channels, size):
+def pixel_shape(size):
+    """(height, width) of a size given as one side (square) or as (height, width)."""
+    return (size, size) if np.ndim(size) == 0 else tuple(size)
+
+
+def decode_image(path, channels):
+    """float32 (H, W, channels) in [0, 1] at the file's own size. 8- and 16-bit, palette, grey+alpha and RGBA
+    files all load (alpha is dropped; 16-bit values are scaled by 65535); TIFF goes through PIL."""
     import tensorflow as tf
 
-    raw = tf.io.read_file(path)
-    image = tf.io.decode_image(raw, channels=channels, expand_animations=False, dtype=tf.float32)
-    image = tf.image.resize(image, (size, size), method="bilinear", antialias=True)
-    image.set_shape((size, size, channels))
+    def with_tf():
+        return tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False, dtype=tf.float32)
+
+    def with_pil():
+        image = tf.numpy_function(lambda p: _pil_decode(p, channels), [path], tf.float32, stateful=False)
+        image.set_shape((None, None, channels))
+        return image
+
+    return tf.cond(tf.strings.regex_full_match(tf.strings.lower(path), r".*\.tiff?"), with_pil, with_tf)
+
+
+def _pil_decode(path, channels):
+    path = np.asarray(path).item()  # bytes from tf.data, str in eager calls
+    with Image.open(path.decode() if isinstance(path, bytes) else path) as image:
+        if image.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grey: PIL's convert("L") would clip, not scale
+            grey = np.asarray(image, np.float32)[..., None] / 65535
+            return np.repeat(grey, channels, axis=-1)
+        return np.asarray(image.convert("RGB" if channels == 3 else "L"), np.float32).reshape(
+            image.height, image.width, channels) / 255
+
+
+def resize_image(image, size):
+    """Resize to `size` (a side, or (height, width)): bilinear, antialiased, clipped to [0, 1]."""
+    import tensorflow as tf
+
+    height, width = pixel_shape(size)
+    image = tf.image.resize(image, (height, width), method="bilinear", antialias=True)
+    image.set_shape((height, width, image.shape[-1]))
     return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def _decode(path, channels, size):
+    return resize_image(decode_image(path, channels), size)
 
 
 def _decode_mask(path, size):
     import tensorflow as tf
 
-    mask = tf.io.decode_image(tf.io.read_file(path), channels=1, expand_animations=False)
-    mask = tf.image.resize(mask, (size, size), method="nearest")
-    mask.set_shape((size, size, 1))
-    return mask[..., 0] > 127
+    height, width = pixel_shape(size)
+    mask = tf.image.resize(decode_image(path, 1), (height, width), method="nearest")
+    mask.set_shape((height, width, 1))
+    return mask[..., 0] > 0.5
 
 
-def image_dataset(dataset, samples, size, channels, batch_size, shuffle=False, seed=0, repeat_as_target=False):
-    """tf.data of float32 images in [0, 1]; `repeat_as_target` yields (x, x) pairs for autoencoders."""
+def cached_items(dataset, samples, size, channels, tiling=None):
+    """(tf.data of decoded images, or of their tiles with a `tiling`, cached in memory; number of items)."""
     import tensorflow as tf
 
-    paths = [dataset.absolute(s.path) for s in samples]
-    ds = tf.data.Dataset.from_tensor_slices(paths)
-    ds = ds.map(lambda p: _decode(p, channels, size), num_parallel_calls=tf.data.AUTOTUNE).cache()
+    ds = tf.data.Dataset.from_tensor_slices([dataset.absolute(s.path) for s in samples])
+    ds = ds.map(lambda p: _decode(p, channels, size), num_parallel_calls=tf.data.AUTOTUNE)
+    n_items = len(samples)
+    if tiling is not None:
+        ds = ds.map(tiling.split_tensor, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+        n_items *= tiling.count(*pixel_shape(size))
+    return ds.cache(), n_items
+
+
+def epoch_seed(seed, epoch):
+    """The seed of one training epoch: a function of (seed, epoch) only, so a resumed run repeats its epochs."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def image_dataset(dataset, samples, size, channels, batch_size, shuffle=False, seed=0, repeat_as_target=False,
+                  tiling=None):
+    """tf.data of float32 images in [0, 1]; `repeat_as_target` yields (x, x) pairs for autoencoders.
+
+    `size` is a side or (height, width). With a `tiling` the images are cut into its tiles (at `size`)
+    and the dataset yields tiles instead of whole images.
+    """
+    import tensorflow as tf
+
+    ds, n_items = cached_items(dataset, samples, size, channels, tiling)
     if shuffle:
-        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(n_items, seed=seed, reshuffle_each_iteration=True)
     if repeat_as_target:
         ds = ds.map(lambda x: (x, x))
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def load_arrays(dataset, samples, size, channels):
-    """Images (N, size, size, C) float32 and masks (N, size, size) bool, aligned with `samples`."""
+    """Images (N, H, W, C) float32 and masks (N, H, W) bool, aligned with `samples`; `size` is H = W or (H, W)."""
     import tensorflow as tf
 
     images = np.stack([_decode(dataset.absolute(s.path), channels, size).numpy() for s in samples]) \
-        if samples else np.zeros((0, size, size, channels), np.float32)
-    masks = np.zeros((len(samples), size, size), bool)
+        if samples else np.zeros((0, *pixel_shape(size), channels), np.float32)
+    masks = np.zeros((len(samples), *pixel_shape(size)), bool)
     for i, sample in enumerate(samples):
         if sample.mask is not None:
             masks[i] = _decode_mask(tf.constant(dataset.absolute(sample.mask)), size).numpy()

@@ -1,4 +1,5 @@
 """User-facing errors: one clear line, no traceback, exit code 2."""
+import argparse
 import functools
 import sys
 
@@ -8,6 +9,13 @@ class UserError(Exception):
 
 
 EXIT_USER_ERROR = 2
+
+
+class CommandLineParser(argparse.ArgumentParser):
+    """argparse whose bad-flag errors are UserErrors too: one line, instead of the usage block and a line."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see {self.prog} --help)")
 
 
 def cli_entry(main):

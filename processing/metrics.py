@@ -74,6 +74,15 @@ def roc_curve_points(labels, scores):
     return fpr, tpr
 
 
+def pr_curve_points(labels, scores):
+    """(recall, precision) arrays of the image-level precision-recall curve, for plots."""
+    labels = as_labels(labels)
+    scores = as_scores(scores, labels.size)
+    _require_both_classes(labels, "a precision-recall curve")
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    return recall, precision
+
+
 def image_f1_max(labels, scores):
     """(best F1, threshold): the best image F1 over thresholds, defective iff score >= threshold.
 

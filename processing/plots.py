@@ -36,6 +36,17 @@ def plot_roc_curve(path, fpr, tpr, auroc, title):
     _save_figure(fig, path)
 
 
+def plot_pr_curve(path, recall, precision, positive_rate, title):
+    """Image-level precision-recall curve; chance is the fraction of defective images."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.step(recall, precision, where="post", lw=2, label="image scores")
+    ax.axhline(positive_rate, ls="--", color="gray", lw=1, label=f"chance ({positive_rate:.2f})")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="recall", ylabel="precision", title=title)
+    ax.set_aspect("equal")
+    ax.legend(loc="lower left")
+    _save_figure(fig, path)
+
+
 def plot_score_histogram(path, scores, labels, threshold=None, title=""):
     """Overlaid histograms of the image scores of good (label 0) and defective (label 1) images."""
     scores = np.asarray(scores, dtype=float)

@@ -2,6 +2,7 @@
 
 `saved_models/latest` points at the last finished run so finetune.py and test.py work without -p.
 """
+import functools
 import json
 import os
 import platform
@@ -11,12 +12,14 @@ import zipfile
 from pathlib import Path
 
 from processing import atomic
-from processing.data import PROJECT_ROOT, Dataset, samples_from_json
+from processing.data import PROJECT_ROOT, Dataset, native_shape, samples_from_json
 from processing.errors import UserError
+from processing.tiling import Tiling
 
 SAVED_MODELS = Path("saved_models")
 RESULTS = Path("results")
 MODEL_FILE, RUN_FILE, FINETUNE_FILE = "model.keras", "run.json", "finetune.json"
+FORMAT_VERSION = 1  # of run folders (run.json + model.keras); raise it when older code could not read them
 
 
 def timestamp():
@@ -99,11 +102,41 @@ class Run:
         self.model_path = Path(model_path)
         self.folder = self.model_path.parent
         self.info = read_json(self.folder / RUN_FILE, "run file (written by train.py beside model.keras)")
-        self.dataset = Dataset(root=self._dataset_root(), name=self.info["dataset"]["name"])
+        if self.info.get("format_version", 1) > FORMAT_VERSION:
+            raise UserError(f"{self.folder} was written by a newer version of this project (format "
+                            f"{self.info['format_version']}, this code reads up to {FORMAT_VERSION}); update the code")
         splits = self.info["splits"]
         self.finetune_samples = samples_from_json(splits["finetune"])
         self.evaluation_samples = samples_from_json(splits["evaluation"])
         self.size, self.channels = self.info["input_size"], self.info["channels"]
+        self.tiling = Tiling.from_json(self.info.get("tiling"))  # None: trained on whole resized images
+
+    @functools.cached_property
+    def dataset(self):
+        """The training dataset, looked up on first use: predict.py runs without it."""
+        return Dataset(root=self._dataset_root(), name=self.info["dataset"]["name"],
+                       train=samples_from_json(self.info["splits"]["train"]))
+
+    def tiling_for(self, tile=None, overlap=None):
+        """The tiling to apply the model with: the run's, unless --tile/--overlap say otherwise (--tile 0: none)."""
+        if tile is None and overlap is None:
+            return self.tiling
+        if tile is None and self.tiling:
+            tile = self.tiling.tile
+        if tile and tile != self.size:
+            raise UserError(f"--tile {tile} does not match the model, which takes {self.size} px tiles; "
+                            f"pass --tile {self.size} (or --tile 0 for whole images)")
+        if tile and overlap is None and self.tiling:
+            overlap = self.tiling.overlap
+        return Tiling.from_flags(tile, overlap)
+
+    def working_size(self, tiling):
+        """Size test images load at: the input size, or with tiling the training images' (height, width)."""
+        if tiling is None:
+            return self.size
+        if self.tiling:
+            return tuple(self.info["tiling"]["image_size"])
+        return native_shape(self.dataset)
 
     def _dataset_root(self):
         root = Path(self.info["dataset"]["root"])

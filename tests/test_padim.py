@@ -120,7 +120,7 @@ def test_too_many_padim_features_is_one_line(workdir, small_synthetic, capsys):
 
 def test_train_finetune_test_end_to_end(workdir, small_synthetic):
     run_dir = train.main(["-d", str(small_synthetic), "-a", "padim", "--size", "64", "-c", "grayscale"])
-    assert json.loads((run_dir / "run.json").read_text())["config"]["padim_features"] == 100
+    assert json.loads((run_dir / "run.json").read_text())["config"]["options"]["padim_features"] == 100
     finetune.main([])
     metrics = json.loads((test_cli.main([]) / "metrics.json").read_text())
     assert metrics["full_test_set"]["image_auroc"] > 0.5
