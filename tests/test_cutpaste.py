@@ -1,0 +1,149 @@
+"""CutPaste (selfsup/cutpaste.py) on the 64 px synthetic set with tiny settings: the pretext task is
+learnt, the backbone freeze and the regeneration schedule, maps and scores, save/reload, user
+errors and the train -> finetune -> test CLIs."""
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from sklearn.metrics import roc_auc_score
+
+import finetune
+import test as test_cli
+import train
+from processing import data
+from processing.errors import UserError
+from processing.synthetic import generate_synthetic_dataset
+from selfsup.cutpaste import CutPaste, PretextSchedule, patch_positions
+
+SIZE = 64
+TINY = {"input_size": SIZE, "channels": 3, "patch_size": 32, "head_layers": (64, 32)}
+
+
+class BackboneSnapshots(keras.callbacks.Callback):
+    """A copy of the stem convolution kernel before training and after every epoch."""
+
+    def on_train_begin(self, logs=None):
+        self.kernels = [self._kernel()]
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.kernels.append(self._kernel())
+
+    def _kernel(self):
+        backbone = self.model.encoder.get_layer(index=-2)  # the layer before the pooling
+        return backbone.get_layer("stem_conv").get_weights()[0].copy()
+
+
+@pytest.fixture(scope="module")
+def synthetic(small_synthetic):
+    dataset = data.scan_dataset(small_synthetic)
+    train_images, _ = data.load_arrays(dataset, dataset.train, SIZE, 3)
+    test_images, test_masks = data.load_arrays(dataset, dataset.test, SIZE, 3)
+    return train_images, test_images, test_masks, np.array([sample.label for sample in dataset.test])
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic):
+    train_images = synthetic[0]
+    keras.utils.set_random_seed(0)
+    model = CutPaste(freeze_backbone_epochs=1, **TINY)
+    model.compile(optimizer=model.make_optimizer(0.03, steps_per_epoch=4, epochs=4))  # the reference code's lr
+    model.prepare_training(None)
+    snapshots = BackboneSnapshots()
+    # No validation here (the CLI test has it): every traced step function costs seconds.
+    history = model.fit(tf.data.Dataset.from_tensor_slices(train_images[:32]).shuffle(32, seed=0).batch(8), epochs=4,
+                        callbacks=[*model.training_callbacks(), snapshots], shuffle=False, verbose=0).history
+    model.calibrate(tf.data.Dataset.from_tensor_slices(train_images[:32]).batch(8))
+    return model, history, snapshots.kernels
+
+
+def test_pretext_loss_falls_and_accuracy_beats_chance(trained):
+    _, history, _ = trained
+    assert np.mean(history["loss"][-2:]) < history["loss"][0]
+    assert max(history["accuracy"][-2:]) > 0.45  # chance is 1/3 for the 3-way task
+
+
+def test_backbone_is_frozen_for_the_first_epochs_then_trained(trained):
+    _, _, kernels = trained
+    np.testing.assert_array_equal(kernels[1], kernels[0])  # epoch 1: head only
+    assert not np.array_equal(kernels[2], kernels[1])  # epoch 2 on: the backbone learns too
+
+
+def test_generation_changes_every_n_epochs(trained):
+    model = trained[0]
+    schedule = PretextSchedule()
+    schedule.set_model(model)
+    model.regenerate_every = 3
+    try:
+        generations = []
+        for epoch in (0, 2, 3, 7):
+            schedule.on_epoch_begin(epoch)
+            generations.append(int(model.generation.numpy()))
+    finally:
+        model.regenerate_every = 1
+    assert generations == [0, 0, 1, 2]
+
+
+def test_maps_and_scores(trained, synthetic):
+    model = trained[0]
+    _, test_images, test_masks, labels = synthetic
+    maps, scores = model.maps_and_scores(test_images)
+    assert maps.shape == (len(test_images), SIZE, SIZE) and maps.dtype == np.float32 and np.isfinite(maps).all()
+    assert scores.shape == (len(test_images),) and scores.dtype == np.float32
+    # The image score is the density of the whole-image embedding, not the map's maximum.
+    np.testing.assert_allclose(scores, model.density("image").score_samples(model.embeddings(test_images)))
+    assert roc_auc_score(test_masks[labels == 1].ravel(), maps[labels == 1].ravel()) > 0.6
+
+
+def test_patch_grid_covers_the_image():
+    np.testing.assert_array_equal(patch_positions(64, 32, 8), [0, 8, 16, 24, 32])
+    np.testing.assert_array_equal(patch_positions(70, 32, 16), [0, 16, 32, 38])  # the last one flush with the edge
+
+
+def test_saved_model_reloads_with_identical_maps_and_scores(trained, synthetic, tmp_path):
+    model, images = trained[0], synthetic[1][:6]
+    model.save(tmp_path / "model.keras")
+    reloaded = keras.saving.load_model(tmp_path / "model.keras", compile=False)
+    assert reloaded.get_config() == model.get_config()
+    for before, after in zip(model.maps_and_scores(images), reloaded.maps_and_scores(images)):
+        np.testing.assert_array_equal(before, after)
+
+
+def test_bad_inputs_are_user_errors(trained):
+    with pytest.raises(UserError, match="patch size is 96 px"):
+        CutPaste(input_size=SIZE, patch_size=96)
+    model = CutPaste.from_config(trained[0].get_config())  # not calibrated
+    with pytest.raises(UserError, match="calibrate it on normal images"):
+        model.score(np.zeros((1, SIZE, SIZE, 3), np.float32))
+    with pytest.raises(UserError, match="at least 2 normal training images"):
+        model.calibrate(tf.data.Dataset.from_tensor_slices(np.zeros((1, SIZE, SIZE, 3), np.float32)).batch(1))
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_one_training_image_is_a_clear_cli_error(workdir, capsys):
+    root = generate_synthetic_dataset(workdir / "one", seed=1, image_size=SIZE, n_train=1, n_test_good=1,
+                                      n_test_per_defect=1)
+    with pytest.raises(SystemExit) as exit_:
+        train.main(["-d", str(root), "-a", "cutpaste", "--size", str(SIZE)])
+    assert exit_.value.code == 2
+    assert "cutpaste needs at least 2 training images" in capsys.readouterr().err
+
+
+def test_train_finetune_test_end_to_end(workdir, small_synthetic):
+    run_dir = train.main(["-d", str(small_synthetic), "-a", "cutpaste", "-e", "1", "-b", "8", "--size", str(SIZE),
+                          "--cutpaste-variant", "binary", "-i"])
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["config"]["options"]["cutpaste_variant"] == "binary" and run["config"]["validation_fraction"] == 0.2
+    assert set(run["history"]) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
+    for picture in ("training_curves.png", "tsne_embeddings.png", "inspect_validation.png"):
+        assert (run_dir / picture).stat().st_size > 0
+    finetune.main([])
+    metrics = json.loads((test_cli.main([]) / "metrics.json").read_text())
+    for key in ("image_auroc", "pixel_auroc", "aupro_0.3"):
+        assert 0 <= metrics["full_test_set"][key] <= 1
