@@ -40,9 +40,122 @@ def _memorybank_arguments(parser):
     group.add_argument("--padim-features", type=int, default=100, help="padim: random feature channels kept")
 
 
+def _mae(config):
+    from selfsup.mae import MaskedAutoencoder
+
+    options = config.options
+    return MaskedAutoencoder(patch_size=options["mae_patch"], mask_ratio=options["mask_ratio"],
+                             encoder_dim=options["mae_dim"], encoder_depth=options["mae_depth"],
+                             map_maskings=options["mae_maskings"], norm_pix_loss=options["mae_norm_pix"],
+                             seed=config.seed, input_size=config.size, channels=config.channels)
+
+
+def _mae_arguments(parser):
+    group = parser.add_argument_group("mae")
+    group.add_argument("--mask-ratio", type=float, default=0.75, help="mae: share of patches hidden from the encoder")
+    group.add_argument("--mae-patch", type=int, default=16, help="mae: patch side in pixels (must divide --size)")
+    group.add_argument("--mae-dim", type=int, default=128, help="mae: encoder width (a multiple of 32)")
+    group.add_argument("--mae-depth", type=int, default=4, help="mae: encoder transformer blocks")
+    group.add_argument("--mae-maskings", type=int, default=4,
+                       help="mae: maskings averaged in the anomaly map (together they hide every patch)")
+    group.add_argument("--mae-norm-pix", action="store_true", help="mae: loss on per-patch normalised pixels")
+
+
+def _deepsvdd(config):
+    from selfsup.deep_svdd import DeepSVDD
+
+    options = config.options
+    return DeepSVDD(objective=options["svdd_objective"], nu=options["nu"], radius_every=options["radius_every"],
+                    pretrain_epochs=options["pretrain_epochs"],
+                    backbone=config.backbone if options["svdd_backbone"] else None, golden=options["golden"],
+                    patch_size=options["svdd_patch_size"], patch_stride=options["svdd_patch_stride"],
+                    latent_dim=config.latent_dim, seed=config.seed, input_size=config.size, channels=config.channels)
+
+
+def _deepsvdd_arguments(parser):
+    group = parser.add_argument_group("deepsvdd")
+    group.add_argument("--svdd-objective", choices=("one-class", "soft-boundary"), default="one-class",
+                       help="deepsvdd: mean distance to the centre, or radius R + outliers beyond it")
+    group.add_argument("--nu", type=float, default=0.1,
+                       help="deepsvdd: share of normal training images allowed outside the sphere (score > 0)")
+    group.add_argument("--radius-every", type=int, default=5, help="deepsvdd soft-boundary: refit R every k epochs")
+    group.add_argument("--pretrain-epochs", type=int, default=0,
+                       help="deepsvdd: first pretrain the encoder as an autoencoder of the patches for N epochs")
+    group.add_argument("--svdd-backbone", action="store_true",
+                       help="deepsvdd: frozen pretrained EfficientNet-Lite features (--backbone) + a small head")
+    group.add_argument("--golden", type=int, default=0,
+                       help="deepsvdd: train from only N good images, expanded by augmentation (0: all)")
+    group.add_argument("--svdd-patch-size", type=int, default=None, help="deepsvdd: patch side (default size / 4)")
+    group.add_argument("--svdd-patch-stride", type=int, default=None,
+                       help="deepsvdd: pixels between patches (default patch size / 2)")
+
+
+def _cutpaste(config):
+    from selfsup.cutpaste import CutPaste
+
+    options = config.options
+    return CutPaste(backbone=config.backbone, variant=options["cutpaste_variant"],
+                    regenerate_every=options["regenerate_every"], freeze_backbone_epochs=options["freeze_backbone_epochs"],
+                    patch_size=options["cutpaste_patch_size"], patch_stride=options["cutpaste_patch_stride"],
+                    rotate90=not options["no_rot90"], seed=config.seed, input_size=config.size, channels=config.channels)
+
+
+def _cutpaste_arguments(parser):
+    group = parser.add_argument_group("cutpaste")
+    group.add_argument("--cutpaste-variant", choices=("3way", "binary", "cutpaste"), default="3way",
+                       help="cutpaste: normal / CutPaste / scar, normal / (CutPaste or scar), or normal / CutPaste")
+    group.add_argument("--regenerate-every", type=int, default=1,
+                       help="cutpaste: draw the generated pretext set anew every N epochs")
+    group.add_argument("--freeze-backbone-epochs", type=int, default=0,
+                       help="cutpaste: train only the head for the first K epochs")
+    group.add_argument("--cutpaste-patch-size", type=int, default=None,
+                       help="cutpaste: side of the patches scored for the anomaly map (default size / 4, at least 32)")
+    group.add_argument("--cutpaste-patch-stride", type=int, default=None,
+                       help="cutpaste: pixels between those patches (default patch size / 4)")
+    group.add_argument("--no-rot90", action="store_true",
+                       help="cutpaste: no random 90-degree rotations of the training images (for parts whose orientation matters)")
+
+
+def _embedding_options(config):
+    """Constructor arguments shared by the methods scored by selfsup/embedding_scoring.py."""
+    return dict(backbone=config.backbone, detector=config.options["detector"],
+                covariance=config.options["covariance"], seed=config.seed, input_size=config.size,
+                channels=config.channels)
+
+
+def _simclr(config):
+    from selfsup.simclr import SimCLR
+
+    return SimCLR(temperature=config.options["temperature"], **_embedding_options(config))
+
+
+def _dino(config):
+    from selfsup.dino import DINO
+
+    options = config.options
+    return DINO(local_crops=options["dino_local_crops"], teacher_momentum=options["teacher_momentum"],
+                teacher_temperature=options["teacher_temperature"], **_embedding_options(config))
+
+
+def _embedding_arguments(parser):
+    group = parser.add_argument_group("simclr / dino")
+    group.add_argument("--detector", choices=("knn", "mahalanobis", "cosine", "gmm"), default="knn",
+                       help="simclr, dino: scorer of image and patch embeddings, fitted on the normal images "
+                            "(knn: mean cosine distance to the 5 nearest; gmm: 4 diagonal components)")
+    group.add_argument("--covariance", choices=("shrinkage", "pinv"), default="shrinkage",
+                       help="--detector mahalanobis: Ledoit-Wolf shrinkage or the pseudo-inverse")
+    group.add_argument("--temperature", type=float, default=0.07, help="simclr: NT-Xent temperature")
+    group.add_argument("--dino-local-crops", type=int, default=4, help="dino: small crops per image for the student")
+    group.add_argument("--teacher-momentum", type=float, default=0.996, help="dino: EMA momentum of the teacher")
+    group.add_argument("--teacher-temperature", type=float, default=0.04,
+                       help="dino: teacher softmax temperature (sharpening; the student's is 0.1)")
+
+
 BUILDERS = {name: _autoencoder(name) for name in AUTOENCODERS}
-BUILDERS.update(patchcore=_patchcore, padim=_padim)
-ARGUMENT_GROUPS = [_memorybank_arguments]
+BUILDERS.update(patchcore=_patchcore, padim=_padim, mae=_mae, deepsvdd=_deepsvdd, cutpaste=_cutpaste,
+                simclr=_simclr, dino=_dino)
+ARGUMENT_GROUPS = [_memorybank_arguments, _mae_arguments, _deepsvdd_arguments, _cutpaste_arguments,
+                   _embedding_arguments]
 
 
 def method_names():
@@ -65,3 +178,8 @@ def register_all():
     import autoencoder.model  # noqa: F401
     import memorybank.padim  # noqa: F401
     import memorybank.patchcore  # noqa: F401
+    import selfsup.mae  # noqa: F401
+    import selfsup.deep_svdd  # noqa: F401
+    import selfsup.cutpaste  # noqa: F401
+    import selfsup.dino  # noqa: F401
+    import selfsup.simclr  # noqa: F401
