@@ -126,7 +126,10 @@ def _upsample_blur_operator(grid, size, sigma):
     """(size, grid) float32 matrix: 1-D bilinear resize (half-pixel centres) followed by the blur."""
     # The resize weights are read off by resizing each basis vector, as (grid x 1)-pixel images.
     basis = np.eye(grid, dtype=np.float32)[:, :, None, None]
-    upsample = ops.convert_to_numpy(ops.image.resize(basis, (size, 1), interpolation="bilinear"))[:, :, 0, 0].T
+    import tensorflow as tf
+
+    with tf.init_scope():  # eagerly, also when export.py's trace is the first to ask for this operator
+        upsample = ops.convert_to_numpy(ops.image.resize(basis, (size, 1), interpolation="bilinear"))[:, :, 0, 0].T
     radius = min(int(4 * sigma + 0.5), size - 1)  # reflect padding needs radius < size
     taps = np.arange(-radius, radius + 1, dtype=np.float32)
     kernel = np.exp(-0.5 * (taps / sigma) ** 2)

@@ -20,6 +20,8 @@ by default a quarter of the input side, as 64 px of 256) cut on a stride (`patch
 quarter of the patch) embedded by the same network, one GDE fitted on the patches of all normal
 images and locations, each pixel given the mean score of the patches that cover it, then a Gaussian
 blur (sigma 4). The paper uses stride 4 px; the coarser default keeps CPU inference affordable.
+Scores and maps are keras.ops (the density's quadratic form, then one fixed coverage-and-blur matrix),
+shared by eager inference and the graph export.py traces (`map_and_score_graph`).
 """
 import functools
 
@@ -35,6 +37,7 @@ from processing.cutpaste import VARIANTS, num_classes, pretext_batch
 from processing.embedding_plots import save_tsne
 from processing.errors import UserError
 from processing.progress import report
+from selfsup.graph_detectors import squared_mahalanobis
 
 HEAD_LAYERS = (512, 512, 512, 512, 512, 128)
 HEAD_BN_MOMENTUM = 0.9  # Keras' 0.99 leaves inference statistics near their start in short CPU schedules
@@ -182,10 +185,21 @@ class CutPaste(AnomalyModel):
                f"{sum(map(len, patch_embeddings))} patches ({self.patch_size} px, stride {self.patch_stride})")
 
     def density(self, name):
-        if not int(self.calibrated.numpy()):
-            raise UserError("cutpaste has no Gaussian density yet: calibrate it on normal images (train.py) first")
+        """The numpy detector of density `name` (the reference that `density_scores` follows)."""
+        self._require_calibrated()
         return GaussianDensityDetector.from_state({key: ops.convert_to_numpy(weight)
                                                    for key, weight in self.densities[name].items()})
+
+    def _require_calibrated(self):
+        if not int(self.calibrated.numpy()):
+            raise UserError("cutpaste has no Gaussian density yet: calibrate it on normal images (train.py) first")
+
+    def density_scores(self, name, embeddings):
+        """(n,) GaussianDensityDetector scores (negative log-likelihood) under density `name`, in keras.ops."""
+        density = self.densities[name]
+        squared = squared_mahalanobis(ops.convert_to_tensor(embeddings, "float32"), density["mean"],
+                                      density["precision"])
+        return squared / 2 + density["log_normalizer"]
 
     def embeddings(self, images):
         """(N, representation_dim) embeddings the image score is the density of (for plots)."""
@@ -194,18 +208,27 @@ class CutPaste(AnomalyModel):
 
     def score(self, images):
         """(N,) negative log-likelihood of the image embeddings under the normal images' Gaussian."""
-        return self.density("image").score_samples(self.embeddings(images))
+        self._require_calibrated()
+        return ops.convert_to_numpy(self.density_scores("image", self.embeddings(images)))
 
     def maps_and_scores(self, images):
         return self.anomaly_map(images), self.score(images)
 
     def _batch_maps(self, images):
-        patch_scores = self.density("patch").score_samples(self._patch_embeddings(images))
-        g = len(patch_positions(self.input_size, self.patch_size, self.patch_stride))
-        spread = _coverage_operator(self.input_size, self.patch_size, self.patch_stride)
-        maps = np.einsum("yi,nij,xj->nyx", spread, patch_scores.reshape(-1, g, g), spread)
-        return ndimage.gaussian_filter(maps, sigma=(0, MAP_SIGMA, MAP_SIGMA), mode="reflect")
+        self._require_calibrated()
+        return ops.convert_to_numpy(self._maps(self.density_scores("patch", self._patch_embeddings(images))))
 
+    def _maps(self, patch_scores):
+        """Patch scores (image-major, as `patches`) -> (n, S, S) maps: each pixel the mean score of the
+        patches covering it, then the Gaussian blur, as one fixed (S, g) matrix A: map = A @ scores @ A.T."""
+        operator = ops.convert_to_tensor(_map_operator(self.input_size, self.patch_size, self.patch_stride))
+        g = operator.shape[1]
+        return ops.matmul(ops.matmul(operator, ops.reshape(patch_scores, (-1, g, g))), ops.transpose(operator))
+
+    def map_and_score_graph(self, images):
+        """The eager maps and scores in one traceable pass (export.py): the same ops on the encoder's output."""
+        patch_scores = self.density_scores("patch", self.encoder(self.patches(images)))
+        return self._maps(patch_scores), self.density_scores("image", self.encoder(images))
 
     def inspection_plots(self, folder, normal_images, test_images, test_defects):
         """t-SNE of the embeddings of normal images, their CutPaste and scar versions, and the test images."""
@@ -248,6 +271,13 @@ def patch_positions(size, patch, stride):
 
 
 @functools.lru_cache(maxsize=8)
+def _map_operator(size, patch, stride):
+    """(size, g) float32 matrix: the coverage mean, then scipy's Gaussian blur (sigma MAP_SIGMA, reflect) of
+    each column; blurring is linear, so blurring the operator equals blurring every map it makes."""
+    blurred = ndimage.gaussian_filter1d(_coverage_operator(size, patch, stride), MAP_SIGMA, axis=0, mode="reflect")
+    return blurred.astype(np.float32)
+
+
 def _coverage_operator(size, patch, stride):
     """(size, g) matrix that gives each pixel the mean of the scores of the patches covering it (per axis;
     the 2-D mean over covering patches is separable because coverage is a product of the two axes)."""

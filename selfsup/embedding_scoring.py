@@ -15,16 +15,21 @@ as slow as an uncompressed PatchCore.
 Both detectors keep their learned arrays in non-trainable weights (`StoredDetector`), so model.keras
 carries them. Their shapes are known only after fitting (a kNN memory grows with the data), so they are
 recorded in the model config (`detector_shapes`) and a reloaded model creates weights of those shapes.
+
+Export (processing/export.py): `map_and_score_graph` scores a subclass's `graph_embeddings` with the
+detectors written in keras.ops (selfsup/graph_detectors.py). Eager inference runs that same ops code,
+except kNN, which keeps the numpy detector's blocked search so memory stays bounded for any bank size.
 """
 import keras
 import numpy as np
 from keras import layers, ops
 
 from detectors import DETECTORS, make_detector
-from memorybank.features import upsample_and_blur
+from memorybank.features import upsample_and_blur, upsample_and_blur_graph
 from processing.anomaly_model import AnomalyModel
 from processing.errors import UserError
 from processing.progress import report
+from selfsup.graph_detectors import detector_scores
 
 # The --detector choices and how each is set up for embeddings. GMM components use diagonal
 # covariances: with a few hundred training images and 100-300 dimensions a full covariance per
@@ -93,11 +98,23 @@ class StoredDetector(layers.Layer):
             self.state_weights[name].assign(array)
 
     def score_vectors(self, vectors):
-        """(n,) float32 anomaly scores of (n, D) vectors, by a detector rebuilt from the weights."""
-        if not self.fitted:
-            raise UserError(f"{self.name} is not fitted yet: calibrate the model on normal images (train.py) first")
+        """(n,) float32 numpy anomaly scores of (n, D) vectors: by the numpy detector for kNN, whose blocked
+        search bounds memory for any number of queries; by `score_graph` (the code export.py traces) else."""
+        self._require_fitted()
+        if self.detector != "knn":
+            return ops.convert_to_numpy(self.score_graph(vectors))
         state = {name: ops.convert_to_numpy(weight) for name, weight in self.state_weights.items()}
         return DETECTORS[self.detector].from_state(state, **self.params).score_samples(vectors)
+
+    def score_graph(self, vectors):
+        """The same scores in keras.ops, from the weights (selfsup/graph_detectors.py)."""
+        self._require_fitted()
+        state = {name: ops.convert_to_tensor(weight) for name, weight in self.state_weights.items()}
+        return detector_scores(self.detector, state, self.params, vectors)
+
+    def _require_fitted(self):
+        if not self.fitted:
+            raise UserError(f"{self.name} is not fitted yet: calibrate the model on normal images (train.py) first")
 
 
 class EmbeddingScoredModel(AnomalyModel):
@@ -145,11 +162,22 @@ class EmbeddingScoredModel(AnomalyModel):
         report(f"{self.method_name}: {self.detector} detectors fitted on {len(image_vectors)} image and "
                f"{len(patch_vectors)} patch embeddings")
 
+    def graph_embeddings(self, images):
+        """`embeddings` as keras.ops tensors, for export.py; a method without it cannot be exported."""
+        raise NotImplementedError(f"{self.method_name} computes its embeddings outside keras.ops")
+
     def _batch_maps_and_scores(self, images):
         patches, image_embeddings = self.embeddings(images)
         n, height, width, dims = patches.shape
         patch_scores = self.patch_detector.score_vectors(patches.reshape(-1, dims)).reshape(n, height, width)
         return upsample_and_blur(patch_scores, self.input_size), self.image_detector.score_vectors(image_embeddings)
+
+    def map_and_score_graph(self, images):
+        patches, image_embeddings = self.graph_embeddings(images)
+        _, height, width, dims = patches.shape
+        patch_scores = self.patch_detector.score_graph(ops.reshape(patches, (-1, dims)))
+        maps = upsample_and_blur_graph(ops.reshape(patch_scores, (-1, height, width)), self.input_size)
+        return maps, self.image_detector.score_graph(image_embeddings)
 
     def _batch_maps(self, images):
         return self._batch_maps_and_scores(images)[0]

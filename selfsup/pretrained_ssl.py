@@ -74,3 +74,7 @@ class PretrainedSelfSupervised(EmbeddingScoredModel):
     def embeddings(self, images):
         patches = self.scoring_embedder.predict_on_batch(self.rgb(ops.convert_to_tensor(images)))
         return patches, patches.mean(axis=(1, 2))
+
+    def graph_embeddings(self, images):
+        patches = self.scoring_embedder(self.rgb(images))
+        return patches, ops.mean(patches, axis=(1, 2))

@@ -92,7 +92,8 @@ def test_maps_and_scores(trained, synthetic):
     assert maps.shape == (len(test_images), SIZE, SIZE) and maps.dtype == np.float32 and np.isfinite(maps).all()
     assert scores.shape == (len(test_images),) and scores.dtype == np.float32
     # The image score is the density of the whole-image embedding, not the map's maximum.
-    np.testing.assert_allclose(scores, model.density("image").score_samples(model.embeddings(test_images)))
+    # float32 ops (the exported path) against the float64 numpy detector: scores near 100 agree to ~3e-6.
+    np.testing.assert_allclose(scores, model.density("image").score_samples(model.embeddings(test_images)), rtol=1e-5)
     assert roc_auc_score(test_masks[labels == 1].ravel(), maps[labels == 1].ravel()) > 0.6
 
 
