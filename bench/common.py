@@ -48,6 +48,11 @@ def run_one(method, category, data_root, workdir, train_args=()):
         run_dir, results_dir = run_dir.resolve(), results_dir.resolve()
     finally:
         os.chdir(previous)
+    return row_from_run(method, category, run_dir, results_dir, train_seconds)
+
+
+def row_from_run(method, category, run_dir, results_dir, train_seconds):
+    """One row of COLUMNS from a finished run folder and its test results folder."""
     run = json.loads((run_dir / "run.json").read_text())
     metrics = json.loads((results_dir / "metrics.json").read_text())
     full, evaluation = metrics["full_test_set"], metrics.get("evaluation_set", {})
