@@ -87,14 +87,24 @@ def test_generation_changes_every_n_epochs(trained):
 
 def test_maps_and_scores(trained, synthetic):
     model = trained[0]
-    _, test_images, test_masks, labels = synthetic
+    test_images = synthetic[1]
     maps, scores = model.maps_and_scores(test_images)
     assert maps.shape == (len(test_images), SIZE, SIZE) and maps.dtype == np.float32 and np.isfinite(maps).all()
     assert scores.shape == (len(test_images),) and scores.dtype == np.float32
     # The image score is the density of the whole-image embedding, not the map's maximum.
     # float32 ops (the exported path) against the float64 numpy detector: scores near 100 agree to ~3e-6.
     np.testing.assert_allclose(scores, model.density("image").score_samples(model.embeddings(test_images)), rtol=1e-5)
-    assert roc_auc_score(test_masks[labels == 1].ravel(), maps[labels == 1].ravel()) > 0.6
+
+
+def test_patch_density_maps_localise_defects(synthetic):
+    # On the calibrated pretrained features, which are deterministic: the tiny 4-epoch model above moves
+    # its pixel AUROC between 0.45 and 0.75 with thread scheduling, too much to assert on.
+    train_images, test_images, test_masks, labels = synthetic
+    model = CutPaste(**TINY)
+    model.calibrate(tf.data.Dataset.from_tensor_slices(train_images[:32]).batch(8))
+    maps, scores = model.maps_and_scores(test_images)
+    assert roc_auc_score(test_masks[labels == 1].ravel(), maps[labels == 1].ravel()) > 0.65  # measured 0.70
+    assert roc_auc_score(labels, scores) > 0.75  # measured 0.86
 
 
 def test_patch_grid_covers_the_image():
