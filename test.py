@@ -9,8 +9,6 @@ set so they compare with published tables. Metrics at the finetuned threshold / 
 evaluation part only: the images the threshold was chosen on are never used to judge it.
 """
 import argparse
-import csv
-import io
 import os
 import time
 from dataclasses import dataclass
@@ -53,14 +51,6 @@ def threshold_free_metrics(labels, scores, masks, maps):
         result["pixel_auroc"] = metrics.pixel_auroc(masks, maps)
         result["aupro_0.3"] = metrics.aupro(masks, maps, max_fpr=0.3)
     return result
-
-
-def per_image_csv(rows):
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 def evaluate(config):
@@ -123,7 +113,7 @@ def evaluate(config):
                                predicted_masks[i] if tuned else None, masks[i] if sample.mask else None, map_range)
     rows = [{"path": s.path, "defect": s.defect, "label": int(labels[i]), "split": "evaluation" if in_evaluation[i] else "finetune",
              "score": float(scores[i]), "prediction": int(predictions[i]) if tuned else ""} for i, s in enumerate(samples)]
-    runs.atomic.write_text(results_dir / "per_image.csv", per_image_csv(rows))
+    runs.atomic.write_csv(results_dir / "per_image.csv", rows)
     results["wall_seconds"] = time.perf_counter() - started
     runs.atomic.write_json(results_dir / "metrics.json", results)
     if config.report:
