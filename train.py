@@ -184,7 +184,7 @@ def fit(model, items, n_items, val_ds, config, checkpoint, resumed=None, write_c
     if not model.built:
         model.build((None, config.size, config.size, config.channels))
     model.optimizer.build(model.trainable_variables)  # its variables must exist to be restored
-    progress = EpochProgress(n_items, config.epochs)
+    progress = EpochProgress(model.images_per_epoch(n_items), config.epochs)
     early_stopping = keras.callbacks.EarlyStopping(monitor="val_loss" if val_ds is not None else "loss",
                                                    patience=config.patience, restore_best_weights=True) \
         if model.early_stopping else None

@@ -61,6 +61,10 @@ class AnomalyModel(keras.Model):
         """The tf.data fit() trains on, from batches of normal images (e.g. add pretext labels, augment)."""
         return train_ds
 
+    def images_per_epoch(self, n_train_images):
+        """How many images training_data() yields per epoch (for the images/s figures)."""
+        return n_train_images
+
     def prepare_training(self, train_ds):
         """Runs once before fit(): initialisation that needs data (e.g. a centre, a pretraining stage)."""
 

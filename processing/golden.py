@@ -44,11 +44,20 @@ def golden_samples(train_ds, n_images):
     return np.concatenate(batches)[:n_images], len(batches[0])
 
 
+def golden_repeats(n_images, epoch_images=None):
+    """How often each golden image appears per epoch: enough for at least `epoch_images` images."""
+    return -(-(epoch_images or GOLDEN_EPOCH_IMAGES) // n_images)
+
+
+def golden_epoch_size(n_images, epoch_images=None):
+    return golden_repeats(n_images, epoch_images) * n_images
+
+
 def expand_golden(train_ds, n_images, seed, epoch_images=None):
     """tf.data of augmented batches drawn from the first `n_images` images of `train_ds` only; an epoch
-    holds at least `epoch_images` (default GOLDEN_EPOCH_IMAGES) images."""
+    holds golden_epoch_size() images."""
     images, batch_size = golden_samples(train_ds, n_images)
-    repeats = -(-(epoch_images or GOLDEN_EPOCH_IMAGES) // n_images)
+    repeats = golden_repeats(n_images, epoch_images)
     augment = golden_augmentation(seed)
     expanded = tf.data.Dataset.from_tensor_slices(images).repeat(repeats)
     expanded = expanded.shuffle(repeats * n_images, seed=seed, reshuffle_each_iteration=True).batch(batch_size)

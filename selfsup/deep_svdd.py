@@ -34,7 +34,7 @@ import numpy as np
 from keras import ops
 
 from memorybank.features import upsample_and_blur, upsample_and_blur_graph
-from processing.golden import expand_golden
+from processing.golden import expand_golden, golden_epoch_size
 from processing.anomaly_model import AnomalyModel
 from processing.errors import UserError
 from processing.progress import report
@@ -134,6 +134,9 @@ class DeepSVDD(AnomalyModel):
 
     def training_data(self, train_ds):
         return expand_golden(train_ds, self.golden, self.seed) if self.golden else train_ds
+
+    def images_per_epoch(self, n_train_images):
+        return golden_epoch_size(self.golden) if self.golden else n_train_images
 
     def prepare_training(self, train_ds):
         self._radius_data = train_ds

@@ -129,7 +129,9 @@ def test_golden_mode_trains_from_exactly_the_first_n_images(images, monkeypatch)
     for a, b in zip(first.get_weights(), second.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
     expanded = [batch.numpy() for batch in first.training_data(as_dataset(images[:16]))]
-    assert sum(map(len, expanded)) == 16 and len(expanded[0]) == 8
+    assert sum(map(len, expanded)) == 16 == first.images_per_epoch(n_train_images=14) and len(expanded[0]) == 8
+    # The images/s figures count the expanded epoch: 3 golden images repeat 6 times to reach 16.
+    assert golden.golden_epoch_size(3) == 18 == sum(map(len, golden.expand_golden(as_dataset(images[:16]), 3, seed=0)))
     assert all(0 <= batch.min() and batch.max() <= 1 for batch in expanded)
 
 
