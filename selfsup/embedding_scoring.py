@@ -1,4 +1,5 @@
-"""Anomaly maps and image scores from learned embeddings, for the self-supervised methods (SimCLR, DINO).
+"""Anomaly maps and image scores from learned embeddings, for the self-supervised methods (SimCLR, DINO;
+MAE uses StoredDetector for its image score only).
 
 A method that subclasses `EmbeddingScoredModel` only says how it embeds images: `embeddings(images)`
 returns (n, h, w, D) patch embeddings and (n, D') image embeddings. `calibrate()` then fits two
@@ -117,6 +118,11 @@ class StoredDetector(layers.Layer):
             raise UserError(f"{self.name} is not fitted yet: calibrate the model on normal images (train.py) first")
 
 
+def detector_min_samples(stored_detector):
+    """The training images a detector needs: k for kNN, the components of a GMM, 2 for a covariance."""
+    return make_detector(stored_detector.detector, **stored_detector.params)._min_samples()[0]
+
+
 class EmbeddingScoredModel(AnomalyModel):
     """Base of the methods scored by detectors on their embeddings; subclasses implement `embeddings`."""
 
@@ -138,8 +144,7 @@ class EmbeddingScoredModel(AnomalyModel):
 
     @property
     def min_train_images(self):
-        """What the image detector needs: k for kNN, the components of a GMM, 2 for a covariance."""
-        return make_detector(self.detector, **self.image_detector.params)._min_samples()[0]
+        return detector_min_samples(self.image_detector)
 
     def embeddings(self, images):
         """(patch (n, h, w, D), image (n, D')) float32 numpy embeddings of a batch of images."""

@@ -17,10 +17,11 @@ each patch is hidden by at least one masking (ceil(N / K) <= hidden run; checked
 built). The maskings depend only on the config, so a reloaded model gives the same maps. With
 `norm_pix_loss` the prediction is mapped back to pixels with the hidden patch's own mean and
 standard deviation (as the paper's pictures do), so the map shows errors of structure, not of a
-whole patch's brightness. Image score: the base class's max of the blurred map.
+whole patch's brightness.
 
-Embeddings (`embed`): the mean of the encoder's output tokens on the whole, unmasked image, for the
-detectors and analyze.py.
+Embeddings (`embed`): the mean of the encoder's output tokens on the whole, unmasked image. Image score:
+a detector (`--detector`, kNN cosine k=5 by default, as SimCLR and DINO; selfsup/embedding_scoring.py)
+fitted on the embeddings of the normal training images in `calibrate()`; model.keras carries it.
 """
 import math
 
@@ -31,6 +32,8 @@ from keras import layers, ops
 from processing.anomaly_model import AnomalyModel
 from processing.embedding_plots import save_tsne
 from processing.errors import UserError
+from processing.progress import report
+from selfsup.embedding_scoring import StoredDetector, detector_min_samples, detector_params
 from selfsup.schedules import warmup_cosine
 from selfsup.vit import HEAD_DIM, TransformerBlock, patchify, sincos_positions, unpatchify
 
@@ -48,8 +51,12 @@ class MaskedAutoencoder(AnomalyModel):
     early_stopping = False
 
     def __init__(self, patch_size=16, mask_ratio=0.75, encoder_dim=128, encoder_depth=4, decoder_dim=64,
-                 decoder_depth=2, map_maskings=4, norm_pix_loss=False, seed=0, **kwargs):
+                 decoder_depth=2, map_maskings=4, norm_pix_loss=False, detector="knn", covariance="shrinkage",
+                 detector_shape=None, seed=0, **kwargs):
         super().__init__(**kwargs)
+        self.detector, self.covariance = detector, covariance
+        self.image_detector = StoredDetector(detector, detector_params(detector, covariance), detector_shape,
+                                             name="image_detector")
         self.patch_size, self.mask_ratio = int(patch_size), float(mask_ratio)
         self.encoder_dim, self.encoder_depth = int(encoder_dim), int(encoder_depth)
         self.decoder_dim, self.decoder_depth = int(decoder_dim), int(decoder_depth)
@@ -80,7 +87,13 @@ class MaskedAutoencoder(AnomalyModel):
         return {**super().get_config(), "patch_size": self.patch_size, "mask_ratio": self.mask_ratio,
                 "encoder_dim": self.encoder_dim, "encoder_depth": self.encoder_depth,
                 "decoder_dim": self.decoder_dim, "decoder_depth": self.decoder_depth,
-                "map_maskings": self.map_maskings, "norm_pix_loss": self.norm_pix_loss, "seed": self.seed}
+                "map_maskings": self.map_maskings, "norm_pix_loss": self.norm_pix_loss, "seed": self.seed,
+                "detector": self.detector, "covariance": self.covariance,
+                "detector_shape": self.image_detector.state_shapes}
+
+    @property
+    def min_train_images(self):
+        return detector_min_samples(self.image_detector)
 
     def _check_options(self):
         if self.patch_size < 1 or self.input_size % self.patch_size:
@@ -220,14 +233,31 @@ class MaskedAutoencoder(AnomalyModel):
                   ["train"] * len(normal_images) + [f"test {defect}" for defect in test_defects],
                   title="mae encoder embeddings", seed=self.seed)
 
+    def graph_embeddings(self, images):
+        """(n, encoder_dim) mean of the encoder's tokens for each whole (unmasked) image, in keras.ops."""
+        tokens = self.patch_embedding(patchify(ops.convert_to_tensor(images), self.patch_size))
+        return ops.mean(self._encode(tokens + self.encoder_positions), axis=1)
+
     def embed(self, images):
-        """(n, encoder_dim) float32: mean of the encoder's tokens for each whole (unmasked) image."""
+        """graph_embeddings as (n, encoder_dim) float32 numpy, `inference_batch_size` images at a time."""
         images = self.check_images(images)
-
-        def batch_embeddings(batch):
-            tokens = self.patch_embedding(patchify(ops.convert_to_tensor(batch), self.patch_size))
-            return ops.convert_to_numpy(ops.mean(self._encode(tokens + self.encoder_positions), axis=1))
-
         if not len(images):
             return np.zeros((0, self.encoder_dim), np.float32)
-        return self.in_batches(batch_embeddings, images).astype(np.float32)
+        return self.in_batches(lambda batch: ops.convert_to_numpy(self.graph_embeddings(batch)), images).astype(np.float32)
+
+    # ---- image scores
+    def calibrate(self, normal_images):
+        embeddings = [self.embed(batch) for batch in normal_images]
+        if not embeddings:
+            raise UserError("mae needs normal training images to calibrate; train/good gave none")
+        self.image_detector.fit_vectors(np.concatenate(embeddings))
+        report(f"mae: {self.detector} detector fitted on {sum(map(len, embeddings))} image embeddings")
+
+    def maps_and_scores(self, images):
+        """Reconstruction-error maps; scores from the image detector on the embeddings."""
+        images = self.check_images(images)
+        scores = self.image_detector.score_vectors(self.embed(images)) if len(images) else np.zeros(0)
+        return self.anomaly_map(images), scores.astype(np.float32)
+
+    def map_and_score_graph(self, images):
+        return self.graph_maps(images), self.image_detector.score_graph(self.graph_embeddings(images))

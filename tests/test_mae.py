@@ -1,5 +1,6 @@
 """The masked autoencoder (selfsup/mae.py) on 64 px images: masking ratio and coverage, the map as the
-mean error of hidden patches, training lowers the loss, save/reload, embeddings, user errors, train.py.
+mean error of hidden patches, training lowers the loss, the image score from the --detector on the
+embeddings, save/reload, export, user errors, train.py.
 """
 import json
 
@@ -9,9 +10,11 @@ import pytest
 import tensorflow as tf
 
 import train
-from processing import data
+from detectors import make_detector
+from processing import data, export
 from processing.errors import UserError
 from selfsup.mae import MaskedAutoencoder
+from tests.test_export import RUNTIMES, TOLERANCE
 
 SIZE = 64
 SMALL = dict(input_size=SIZE, channels=3, patch_size=8, encoder_dim=64, encoder_depth=1, decoder_depth=1)
@@ -25,13 +28,14 @@ def train_images(small_synthetic):
 
 @pytest.fixture(scope="module")
 def trained(train_images):
-    """A small MAE trained for 4 epochs, and its loss on the training images before and after."""
+    """A small MAE trained for 4 epochs and calibrated, and its loss on the training images before and after."""
     keras.utils.set_random_seed(0)
     model = MaskedAutoencoder(**SMALL)
     batches = tf.data.Dataset.from_tensor_slices(train_images).batch(8)
     model.compile(optimizer=model.make_optimizer(2e-3, steps_per_epoch=len(batches), epochs=4))
     before = model.evaluate(batches, verbose=0)
     model.fit(batches, epochs=4, verbose=0, shuffle=False)
+    model.calibrate(batches)
     return model, before, model.evaluate(batches, verbose=0)
 
 
@@ -91,6 +95,35 @@ def test_saved_model_reloads_with_identical_maps_and_embeddings(trained, train_i
     embeddings = model.embed(images)
     assert embeddings.shape == (4, 64) and embeddings.dtype == np.float32
     np.testing.assert_array_equal(reloaded.embed(images), embeddings)
+    np.testing.assert_array_equal(reloaded.score(images), model.score(images))
+
+
+def test_image_score_is_the_detector_on_the_embeddings(trained, train_images, small_synthetic):
+    model = trained[0]
+    dataset = data.scan_dataset(small_synthetic)
+    test_images = data.load_arrays(dataset, dataset.test[:6], SIZE, 3)[0]
+    knn = make_detector("knn", k=5, metric="cosine").fit(model.embed(train_images))
+    maps, scores = model.maps_and_scores(test_images)
+    np.testing.assert_allclose(scores, knn.score_samples(model.embed(test_images)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(maps, model.anomaly_map(test_images))
+    # The training images are the kNN memory, so they score lower than test images.
+    assert model.score(train_images[:6]).mean() < scores.mean()
+
+
+def test_uncalibrated_model_refuses_to_score(train_images):
+    with pytest.raises(UserError, match="image_detector is not fitted yet"):
+        MaskedAutoencoder(**SMALL).score(train_images[:2])
+
+
+@pytest.mark.parametrize("format_name", ["savedmodel", "onnx"])
+def test_exported_file_gives_the_keras_maps_and_scores(trained, train_images, tmp_path, format_name):
+    model, raw = trained[0], np.round(train_images[:3] * 255).astype(np.uint8)
+    export.WRITERS[format_name](model, export.serving_function(model), tmp_path)
+    maps, scores = RUNTIMES[format_name](tmp_path, raw)
+    expected_maps, expected_scores = model.maps_and_scores(raw / np.float32(255))
+    np.testing.assert_allclose(maps, expected_maps, atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(scores, expected_scores, atol=TOLERANCE, rtol=0)
+    assert expected_maps.std() > 0 and np.ptp(expected_scores) > 0
 
 
 def test_train_cli_passes_the_mae_flags_and_saves_inspection_pictures(tmp_path, monkeypatch, small_synthetic):
