@@ -35,7 +35,7 @@ def run_one(method, category, data_root, workdir, train_args=()):
     import test as test_cli
     import train
 
-    workdir = Path(workdir)
+    workdir, data_root = Path(workdir), Path(data_root).resolve()  # a relative root must survive the chdir
     workdir.mkdir(parents=True, exist_ok=True)
     previous = os.getcwd()
     os.chdir(workdir)

@@ -26,6 +26,7 @@ from bench.chart import save_chart  # noqa: E402
 from bench.common import SHARED_DATA, categories, previous_rows, run_one, write_table  # noqa: E402
 from bench.published import published_table  # noqa: E402
 from bench.readme import update_readme  # noqa: E402
+from processing.errors import UserError  # noqa: E402
 
 OUT_STEM = ROOT / "bench" / "results" / "results"
 WORKDIR = ROOT / "bench" / "out"
@@ -112,8 +113,11 @@ def main(argv=None):
             if done and not args.rerun:
                 continue
             print(f"== {variant} on {category}", flush=True)
-            row = run_one(method, category, args.data_root, WORKDIR / variant,
-                          shlex.split(flags) + shlex.split(args.extra_args))
+            try:
+                row = run_one(method, category, args.data_root, WORKDIR / variant,
+                              shlex.split(flags) + shlex.split(args.extra_args))
+            except UserError as error:
+                sys.exit(f"error: {variant} on {category}: {error}")
             rows = [r for r in rows if r not in done] + [{**row, "method": variant}]
             write_all(rows)
 

@@ -46,3 +46,15 @@ def test_chart_is_a_png(tmp_path):
     save_chart(ROWS, tmp_path / "chart.png")
     with Image.open(tmp_path / "chart.png") as image:
         assert image.format == "PNG" and image.width > 300
+
+
+def test_one_row_from_a_relative_data_root(small_synthetic, tmp_path, monkeypatch):
+    """run_one works in its own folder: a --data-root relative to where the bench started must still resolve."""
+    from bench.common import run_one
+
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "synthetic").symlink_to(small_synthetic)
+    monkeypatch.chdir(tmp_path)
+    row = run_one("mvtecCAE", "synthetic", "root", tmp_path / "work", ["--size", "64", "-e", "1", "-b", "16"])
+    assert row["category"] == "synthetic" and 0 <= row["image_auroc"] <= 1 and row["train_s"] > 0
+    assert row["infer_img_s"] > 0
