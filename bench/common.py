@@ -99,7 +99,8 @@ def write_table(rows, out_stem, title, appendix=""):
             + ", ".join(f"{k} {v}" for k, v in versions.items())
             + f". Date: {time.strftime('%Y-%m-%d')}. Threshold-free metrics on the full test set; "
               "eval_f1 at the finetuned threshold on the evaluation split. peak_mem_mb is the "
-              "process's peak resident memory so far (it only grows across rows).\n\n")
+              "peak resident memory of the row's own process (train + finetune + test; '-' for rows "
+              "measured before rows had a process each).\n\n")
     atomic.write_text(out_stem.with_suffix(".csv"), frame.to_csv(index=False))
     atomic.write_text(out_stem.with_suffix(".md"), note + header + body + appendix)
     print(header + body, flush=True)

@@ -4,7 +4,8 @@
     python3 bench/run.py --methods patchcore padim --categories mvtec_ad/bottle
     python3 bench/run.py --list                                           # the variants and their flags
 
-Each row is the same train -> finetune -> test calls users make (bench/common.run_one). After every
+Each row is the same train -> finetune -> test calls users make (bench/common.run_one), in a process
+of its own, so that rows share no TensorFlow state and peak_mem_mb is that row's. After every
 row the table is rewritten: bench/results/results.{csv,md} (with machine and versions), a PNG chart
 (methods x categories: image AUROC, pixel AUROC, AUPRO, inference images/s) and the results table
 in README.md between its bench-table markers. A rerun skips rows already measured (resume after an
@@ -15,6 +16,7 @@ them for every selected variant, e.g. `--extra-args="--size 256 -e 50"`.
 """
 import argparse
 import logging
+import multiprocessing
 import shlex
 import sys
 from pathlib import Path
@@ -85,6 +87,14 @@ def select_variants(names):
     return chosen
 
 
+def run_in_own_process(*run_one_args):
+    """run_one in a fresh (spawned) process; its exceptions, UserError included, come back here."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(run_one, *run_one_args).result()
+
+
 def write_all(rows):
     order = {name: i for i, name in enumerate(VARIANTS)}
     rows = sorted(rows, key=lambda row: (order.get(row["method"], len(order)), row["category"]))
@@ -114,8 +124,8 @@ def main(argv=None):
                 continue
             print(f"== {variant} on {category}", flush=True)
             try:
-                row = run_one(method, category, args.data_root, WORKDIR / variant,
-                              shlex.split(flags) + shlex.split(args.extra_args))
+                row = run_in_own_process(method, category, args.data_root, WORKDIR / variant,
+                                         shlex.split(flags) + shlex.split(args.extra_args))
             except UserError as error:
                 sys.exit(f"error: {variant} on {category}: {error}")
             rows = [r for r in rows if r not in done] + [{**row, "method": variant}]

@@ -48,13 +48,17 @@ def test_chart_is_a_png(tmp_path):
         assert image.format == "PNG" and image.width > 300
 
 
-def test_one_row_from_a_relative_data_root(small_synthetic, tmp_path, monkeypatch):
-    """run_one works in its own folder: a --data-root relative to where the bench started must still resolve."""
-    from bench.common import run_one
+def test_one_row_in_its_own_process_from_a_relative_data_root(small_synthetic, tmp_path, monkeypatch):
+    """A row runs in a spawned process and its own folder: a --data-root relative to where the bench
+    started must still resolve, and a user error comes back as UserError."""
+    from bench.run import run_in_own_process
+    from processing.errors import UserError
 
     (tmp_path / "root").mkdir()
     (tmp_path / "root" / "synthetic").symlink_to(small_synthetic)
     monkeypatch.chdir(tmp_path)
-    row = run_one("mvtecCAE", "synthetic", "root", tmp_path / "work", ["--size", "64", "-e", "1", "-b", "16"])
+    row = run_in_own_process("mvtecCAE", "synthetic", "root", tmp_path / "work", ["--size", "64", "-e", "1", "-b", "16"])
     assert row["category"] == "synthetic" and 0 <= row["image_auroc"] <= 1 and row["train_s"] > 0
-    assert row["infer_img_s"] > 0
+    assert row["infer_img_s"] > 0 and row["peak_mem_mb"] > 100  # TensorFlow alone takes a few hundred MB
+    with pytest.raises(UserError, match="dataset folder not found"):
+        run_in_own_process("mvtecCAE", "missing", "root", tmp_path / "work", [])
