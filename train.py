@@ -46,6 +46,7 @@ class TrainConfig:
     backbone: str
     distribute: str = "none"  # processing/distribution.py
     resume: bool = False
+    checkpoint_every: int = 1  # epochs between checkpoints (processing/checkpoints.py)
     options: dict = field(default_factory=dict)  # the method family's own flags (registry.ARGUMENT_GROUPS)
 
     @property
@@ -86,9 +87,11 @@ def parse_args(argv=None):
                         help="mirrored: all local GPUs; multiworker: several machines via TF_CONFIG (-b is the global batch)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the stopped run of this dataset and method from its last checkpoint (same flags)")
+    parser.add_argument("--checkpoint-every", type=int, default=1,
+                        help="write the resume checkpoint every N epochs (and when training stops)")
     add_method_arguments(parser)
     args = vars(parser.parse_args(argv))
-    for name in ("batch_size", "epochs"):
+    for name in ("batch_size", "epochs", "checkpoint_every"):
         if args[name] is not None and args[name] < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     for name in ("validation_fraction", "finetune_fraction"):
@@ -188,7 +191,8 @@ def fit(model, items, n_items, val_ds, config, checkpoint, resumed=None, write_c
     early_stopping = keras.callbacks.EarlyStopping(monitor="val_loss" if val_ds is not None else "loss",
                                                    patience=config.patience, restore_best_weights=True) \
         if model.early_stopping else None
-    saver = EpochCheckpoint(checkpoint, asdict(config), progress, early_stopping, resumed, write_checkpoints)
+    saver = EpochCheckpoint(checkpoint, asdict(config), progress, early_stopping, resumed, write_checkpoints,
+                            every=config.checkpoint_every)
     saver.set_model(model)
     if resumed:
         saver.restore_variables()

@@ -1,6 +1,7 @@
 """Per-epoch training checkpoints, so that `train.py --resume` continues a stopped run to the same result.
 
-saved_models/<dataset>/<method>/checkpoint/ holds, after every epoch whose losses are finite:
+saved_models/<dataset>/<method>/checkpoint/ holds, after every epoch whose losses are finite (every
+`--checkpoint-every` N-th epoch, and the epoch where training stops):
 
     state-NNNN.npz    every model variable (weights, BatchNorm statistics, random-seed states), every
                       optimizer variable (step count, moments) and early stopping's best weights
@@ -30,7 +31,7 @@ from processing.progress import report
 
 FOLDER_NAME = "checkpoint"
 INFO_FILE = "checkpoint.json"
-FLAGS_THAT_DO_NOT_CHANGE_TRAINING = ("resume", "inspect")
+FLAGS_THAT_DO_NOT_CHANGE_TRAINING = ("resume", "inspect", "checkpoint_every")
 
 
 def checkpoint_folder(base, dataset_name, method):
@@ -95,14 +96,16 @@ def _finite(logs):
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
-    """Writes a checkpoint after each epoch with finite losses; stops training at the first NaN/inf loss.
+    """Writes a checkpoint after every `every`-th epoch with finite losses and after the last one; stops
+    training at the first NaN/inf loss.
 
     Goes last in the callback list, so the state it saves includes what the other callbacks did in the
     epoch (early stopping's counters) and what it restores is not reset by their on_train_begin.
     """
 
-    def __init__(self, checkpoint, config, progress, early_stopping=None, resumed=None, write=True):
+    def __init__(self, checkpoint, config, progress, early_stopping=None, resumed=None, write=True, every=1):
         super().__init__()
+        self.every = every
         self.checkpoint, self.config, self.progress = checkpoint, config, progress
         self.early_stopping, self.resumed, self.write = early_stopping, resumed, write
         self.history = {key: list(values) for key, values in (resumed or {}).get("history", {}).items()}
@@ -156,7 +159,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
             return
         for key, value in logs.items():
             self.history.setdefault(key, []).append(float(value))
-        if not self.write:
+        last = self.model.stop_training or epoch + 1 == self.params.get("epochs")
+        if not self.write or ((epoch + 1) % self.every and not last):
             return
         es = self.early_stopping
         self.checkpoint.save({

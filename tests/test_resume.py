@@ -79,6 +79,26 @@ def test_resumed_run_equals_an_uninterrupted_one(workdir, small_synthetic, monke
     np.testing.assert_allclose(uninterrupted.anomaly_map(images), resumed.anomaly_map(images), atol=1e-5)
 
 
+def test_checkpoints_every_n_epochs_and_resume_accepts_another_n(workdir, small_synthetic, monkeypatch, capsys):
+    dataset = ["-d", str(small_synthetic)]
+    info_file = workdir / checkpoint_of(small_synthetic) / "checkpoint.json"
+    seen = []
+
+    class WatchCheckpoint(StopAtEpoch):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.append(json.loads(info_file.read_text())["epoch"] if info_file.exists() else None)
+            super().on_epoch_begin(epoch, logs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(AutoencoderDetector, "training_callbacks", lambda self: [WatchCheckpoint(2)])
+        _, code, _ = run_cli(dataset + FLAGS + ["--checkpoint-every", "2"], capsys)
+    assert code == 130 and seen == [None, None, 2]  # nothing after epoch 1, the checkpoint after epoch 2
+    resumed_dir = train.main(dataset + FLAGS + ["--checkpoint-every", "1", "--resume"])
+    assert len(_model_and_run(resumed_dir)[1]["history"]["loss"]) == 3
+    _, code, err = run_cli(dataset + FLAGS + ["--checkpoint-every", "0"], capsys)
+    assert code == 2 and "--checkpoint-every must be at least 1" in err
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(workdir, small_synthetic, monkeypatch, capsys):
     built = []
     original = AutoencoderDetector.training_data
