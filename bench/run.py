@@ -48,6 +48,9 @@ VARIANTS = {
     "patchcore-lite2": ("patchcore", "--backbone lite2 --coreset-ratio 0.01"),
     "padim-lite0": ("padim", "--backbone lite0"),
     "padim-lite2": ("padim", "--backbone lite2"),
+    # The deeper stride-16/32 features: larger receptive fields for textures and large defects.
+    "patchcore-lite0-s16-32": ("patchcore", "--backbone lite0 --coreset-ratio 0.01 --feature-strides 16 32"),
+    "padim-lite0-s16-32": ("padim", "--backbone lite0 --feature-strides 16 32"),
     # CutPaste at 256 px with its default 10 epochs (about 25 min for ~170 training images on 2 cores).
     "cutpaste-3way": ("cutpaste", "--size 256 --cutpaste-variant 3way"),
     "cutpaste-binary": ("cutpaste", "--size 256 --cutpaste-variant binary"),

@@ -189,6 +189,26 @@ def test_bad_coreset_ratio_is_one_line(workdir, small_synthetic, capsys):
     assert "--coreset-ratio must be in (0, 1]" in err
 
 
+def test_deeper_feature_strides_give_a_coarser_grid_that_reloads(images, tmp_path):
+    model = PatchCore(input_size=SIZE, channels=3, feature_strides=(32, 16), coreset_ratio=0.5)
+    stages = feature_extractor("lite0", strides=(16, 32))(np.zeros((1, SIZE, SIZE, 3), np.float32))
+    assert model.feature_strides == (16, 32) and (model.grid_height, model.grid_width) == (SIZE // 16, SIZE // 16)
+    assert model.feature_dim == sum(stage.shape[-1] for stage in stages)
+    model.calibrate(as_dataset(images[0]))
+    model.save(tmp_path / "deep.keras")
+    reloaded = keras.saving.load_model(tmp_path / "deep.keras", compile=False)
+    assert reloaded.feature_strides == (16, 32)
+    pasted, _ = with_pasted_squares(images[1])
+    np.testing.assert_array_equal(reloaded.anomaly_map(pasted), model.anomaly_map(pasted))
+    assert model.score(pasted).mean() > model.score(images[1]).mean()
+
+
+@pytest.mark.parametrize("strides", [(3,), (8, 64), ()])
+def test_unknown_feature_strides_are_a_user_error(strides):
+    with pytest.raises(UserError, match="--feature-strides must be one or more of 4, 8, 16, 32"):
+        PatchCore(input_size=SIZE, channels=3, feature_strides=strides)
+
+
 def test_train_finetune_test_end_to_end(workdir, small_synthetic):
     run_dir = train.main(["-d", str(small_synthetic), "-a", "patchcore", "--size", "64", "--coreset-ratio", "0.2"])
     run = json.loads((run_dir / "run.json").read_text())
