@@ -172,14 +172,22 @@ class Predictor:
         return predictions
 
 
+def resample_labels(labelled, height, width):
+    """A label image resized to (height, width), per axis: enlarged by nearest neighbour on pixel
+    centres; shrunk by taking the largest label in the block of mask pixels each original pixel
+    covers, so that no region vanishes (two regions within one original pixel become the larger label)."""
+    for axis, size in ((0, height), (1, width)):
+        mask_size = labelled.shape[axis]
+        if size < mask_size:
+            labelled = np.maximum.reduceat(labelled, np.arange(size) * mask_size // size, axis=axis)
+        elif size > mask_size:
+            labelled = np.take(labelled, ((np.arange(size) + 0.5) * mask_size / size).astype(int), axis=axis)
+    return labelled
+
+
 def regions_in_original_pixels(predicted_mask, height, width):
     """Connected regions of a (h, w) mask as boxes and areas in pixels of an image of (height, width)."""
-    labelled = label_regions(predicted_mask)
-    if labelled.shape != (height, width):
-        # Nearest neighbour on pixel centres: each original pixel takes the label of the mask pixel it falls in.
-        rows = ((np.arange(height) + 0.5) * labelled.shape[0] / height).astype(int)
-        columns = ((np.arange(width) + 0.5) * labelled.shape[1] / width).astype(int)
-        labelled = labelled[rows[:, None], columns]
+    labelled = resample_labels(label_regions(predicted_mask), height, width)
     return [{"x_min": int(region.bbox[1]), "y_min": int(region.bbox[0]), "x_max": int(region.bbox[3]),
              "y_max": int(region.bbox[2]), "area": int(region.area)} for region in regionprops(labelled)]
 

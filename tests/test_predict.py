@@ -95,6 +95,15 @@ def test_regions_are_reported_in_pixels_of_the_original_image():
     assert regions == [{"x_min": 0, "y_min": 2, "x_max": 3, "y_max": 6, "area": 12}]
 
 
+def test_a_small_region_survives_when_the_original_image_is_smaller_than_the_map():
+    mask = np.zeros((64, 64), bool)
+    mask[10, 21] = True  # one map pixel; the 16 px original covers it with pixel (2, 5)
+    mask[40:48, 0:64] = True  # a band: rows 10-11 of the original, its whole width
+    regions = prediction.regions_in_original_pixels(mask, 16, 16)
+    assert regions == [{"x_min": 5, "y_min": 2, "x_max": 6, "y_max": 3, "area": 1},
+                       {"x_min": 0, "y_min": 10, "x_max": 16, "y_max": 12, "area": 32}]
+
+
 def test_a_large_image_is_tiled_at_full_size(finetuned_run, loaded, small_synthetic, tmp_path):
     run, model, tuned = loaded
     tiles = [np.asarray(Image.open(path)) for path in sorted((small_synthetic / "test" / "good").glob("*.png"))[:4]]
