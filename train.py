@@ -167,10 +167,10 @@ def out_of_memory_hint(config):
                         f"pass a smaller -b (e.g. -b {max(1, config.batch_size // 2)})") from error
 
 
-def fit(model, items, n_items, val_ds, config, checkpoint, resumed=None, write_checkpoints=True):
+def fit(model, items, n_items, val_ds, config, checkpoint, resumed=None, write_checkpoints=True, tiles_per_image=1):
     """Gradient training with the method's optimizer and hooks, checkpointed after every epoch.
 
-    `items` are the cached training images (or tiles). A resumed run restores the checkpoint instead of
+    `items` are the cached training images (or tiles, `tiles_per_image` of each image: images/s counts images). A resumed run restores the checkpoint instead of
     running prepare_training. Returns (history, images/s per epoch) of all epochs, resumed ones included.
     """
     import keras
@@ -187,7 +187,7 @@ def fit(model, items, n_items, val_ds, config, checkpoint, resumed=None, write_c
     if not model.built:
         model.build((None, config.size, config.size, config.channels))
     model.optimizer.build(model.trainable_variables)  # its variables must exist to be restored
-    progress = EpochProgress(model.images_per_epoch(n_items), config.epochs)
+    progress = EpochProgress(model.images_per_epoch(n_items) / tiles_per_image, config.epochs)
     early_stopping = keras.callbacks.EarlyStopping(monitor="val_loss" if val_ds is not None else "loss",
                                                    patience=config.patience, restore_best_weights=True) \
         if model.early_stopping else None
@@ -261,7 +261,8 @@ def train(config):
         items, n_items = data.cached_items(dataset, train_samples, image_size, config.channels, tiling)
         with strategy.scope():
             history, images_per_second = fit(model, items, n_items, val_ds, config, checkpoint, resumed,
-                                             write_checkpoints=distribution.writes_files(strategy))
+                                             write_checkpoints=distribution.writes_files(strategy),
+                                             tiles_per_image=tiles_per_image)
     train_seconds = time.perf_counter() - started
     if not distribution.writes_files(strategy):
         report("this worker is done; the chief worker calibrates and saves the model")

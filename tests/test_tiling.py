@@ -131,3 +131,16 @@ def test_tile_flags_are_user_errors(tmp_path, monkeypatch, small_synthetic, caps
     assert code == 2 and "larger than the training images (64x64 px)" in err
     code, err = run_cli(train, ["-d", str(small_synthetic), "--tile", "32", "--size", "64"], capsys)
     assert code == 2 and "exclude each other" in err and len(err.strip().splitlines()) == 1
+
+
+def test_tiled_training_counts_images_not_tiles_per_second(tmp_path, monkeypatch, small_synthetic):
+    import train
+    from processing.progress import EpochProgress
+
+    counted = []
+    original = EpochProgress.__init__
+    monkeypatch.setattr(EpochProgress, "__init__",
+                        lambda self, n_images, epochs: counted.append(n_images) or original(self, n_images, epochs))
+    monkeypatch.chdir(tmp_path)
+    train.main(["-d", str(small_synthetic), "-a", "mvtecCAE", "--tile", "32", "--overlap", "8", "-e", "1", "-b", "32"])
+    assert counted == [36]  # the 36 training images (40 less 10 % validation), not their 9 x 36 tiles
