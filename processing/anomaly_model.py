@@ -103,6 +103,12 @@ class AnomalyModel(keras.Model):
         """Extra PNGs for train.py -i in `folder` (e.g. a t-SNE of embeddings), from normal training images and
         labelled test images (`test_defects`: "good" or the defect type per image). None by default."""
 
+    def image_embeddings(self, images):
+        """(N, D) float32 numpy: one learned vector per image, for analyze.py and embedding plots. Only the
+        methods that learn embeddings (mae, simclr, dino, cutpaste, deepsvdd) implement it."""
+        raise UserError(f"{self.method_name} models have no image embeddings; analyze a model of a method that "
+                        "has them (mae, simclr, dino, cutpaste, deepsvdd) or leave out -p to use the pretrained backbone")
+
     def graph_maps(self, images):
         """(n, H, W) maps of float images in [0, 1], keras.ops only, so that export.py can trace them."""
         raise NotImplementedError(f"{self.method_name} computes its maps outside keras.ops")

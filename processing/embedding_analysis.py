@@ -1,8 +1,7 @@
 """The embedding study behind analyze.py: what image embeddings say about categories, defects and outliers.
 
-Embeddings come from a trained model (`-p`: its `embed(images)`, as MAE, CutPaste and Deep SVDD have, a
-grid of patch embeddings averaged over its positions, or the image half of `embeddings(images)`, as
-SimCLR and DINO have) or from the plain pretrained backbone
+Embeddings come from a trained model (`-p`: its `image_embeddings(images)`, which MAE, CutPaste, Deep
+SVDD, SimCLR and DINO implement) or from the plain pretrained backbone
 (the mean over the image of PatchCore's locally aware EfficientNet-Lite patch features, which is also what
 SimCLR and DINO start from). Every image of every category is resized to one size.
 
@@ -85,17 +84,10 @@ class ModelEmbedder:
 
     def __init__(self, model):
         self.model, self.size, self.channels = model, model.input_size, model.channels
-        if not (hasattr(model, "embed") or hasattr(model, "embeddings")):
-            raise UserError(f"{model.method_name} models have no image embeddings; analyze a model of a method "
-                            "that has them (mae, simclr, dino, cutpaste, deep_svdd) or leave out -p to use "
-                            "the pretrained backbone")
+        model.image_embeddings(np.zeros((0, self.size, self.size, self.channels), np.float32))  # UserError if none
 
     def __call__(self, images):
-        if not hasattr(self.model, "embed"):
-            return self.model.embeddings(images)[1]  # SimCLR, DINO: (patch, image) embeddings
-        vectors = np.asarray(self.model.embed(images), np.float32)
-        # A grid of patch embeddings (Deep SVDD) is averaged over its positions.
-        return vectors.reshape(len(vectors), -1, vectors.shape[-1]).mean(axis=1)
+        return self.model.image_embeddings(images)
 
 
 def discover_categories(data_root):

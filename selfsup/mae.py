@@ -19,7 +19,7 @@ built). The maskings depend only on the config, so a reloaded model gives the sa
 standard deviation (as the paper's pictures do), so the map shows errors of structure, not of a
 whole patch's brightness.
 
-Embeddings (`embed`): the mean of the encoder's output tokens on the whole, unmasked image. Image score:
+Embeddings (`image_embeddings`): the mean of the encoder's output tokens on the whole, unmasked image. Image score:
 a detector (`--detector`, kNN cosine k=5 by default, as SimCLR and DINO; selfsup/embedding_scoring.py)
 fitted on the embeddings of the normal training images in `calibrate()`; model.keras carries it.
 """
@@ -228,7 +228,7 @@ class MaskedAutoencoder(AnomalyModel):
 
     def inspection_plots(self, folder, normal_images, test_images, test_defects):
         """t-SNE of the encoder embeddings of normal training images and of the test images by defect."""
-        embeddings = self.embed(np.concatenate([self.check_images(normal_images), self.check_images(test_images)]))
+        embeddings = self.image_embeddings(np.concatenate([self.check_images(normal_images), self.check_images(test_images)]))
         save_tsne(folder / "tsne_embeddings.png", embeddings,
                   ["train"] * len(normal_images) + [f"test {defect}" for defect in test_defects],
                   title="mae encoder embeddings", seed=self.seed)
@@ -238,7 +238,7 @@ class MaskedAutoencoder(AnomalyModel):
         tokens = self.patch_embedding(patchify(ops.convert_to_tensor(images), self.patch_size))
         return ops.mean(self._encode(tokens + self.encoder_positions), axis=1)
 
-    def embed(self, images):
+    def image_embeddings(self, images):
         """graph_embeddings as (n, encoder_dim) float32 numpy, `inference_batch_size` images at a time."""
         images = self.check_images(images)
         if not len(images):
@@ -247,7 +247,7 @@ class MaskedAutoencoder(AnomalyModel):
 
     # ---- image scores
     def calibrate(self, normal_images):
-        embeddings = [self.embed(batch) for batch in normal_images]
+        embeddings = [self.image_embeddings(batch) for batch in normal_images]
         if not embeddings:
             raise UserError("mae needs normal training images to calibrate; train/good gave none")
         self.image_detector.fit_vectors(np.concatenate(embeddings))
@@ -256,7 +256,7 @@ class MaskedAutoencoder(AnomalyModel):
     def maps_and_scores(self, images):
         """Reconstruction-error maps; scores from the image detector on the embeddings."""
         images = self.check_images(images)
-        scores = self.image_detector.score_vectors(self.embed(images)) if len(images) else np.zeros(0)
+        scores = self.image_detector.score_vectors(self.image_embeddings(images)) if len(images) else np.zeros(0)
         return self.anomaly_map(images), scores.astype(np.float32)
 
     def map_and_score_graph(self, images):

@@ -4,7 +4,6 @@ leave-one-class-out protocol on hand-made and on clearly separable image classes
 import csv
 import json
 import shutil
-import types
 
 import numpy as np
 import pytest
@@ -84,9 +83,10 @@ def test_leave_one_out_follows_the_protocol_on_hand_made_classes():
 
 
 def test_a_model_without_embeddings_is_a_user_error():
-    patchcore_like = types.SimpleNamespace(method_name="patchcore", input_size=SIZE, channels=3)
+    from memorybank.patchcore import PatchCore
+
     with pytest.raises(UserError, match="patchcore models have no image embeddings"):
-        ModelEmbedder(patchcore_like)
+        ModelEmbedder(PatchCore(input_size=SIZE, channels=3))
 
 
 @pytest.fixture(scope="module")

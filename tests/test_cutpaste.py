@@ -93,7 +93,7 @@ def test_maps_and_scores(trained, synthetic):
     assert scores.shape == (len(test_images),) and scores.dtype == np.float32
     # The image score is the density of the whole-image embedding, not the map's maximum.
     # float32 ops (the exported path) against the float64 numpy detector: scores near 100 agree to ~3e-6.
-    np.testing.assert_allclose(scores, model.density("image").score_samples(model.embeddings(test_images)), rtol=1e-5)
+    np.testing.assert_allclose(scores, model.density("image").score_samples(model.image_embeddings(test_images)), rtol=1e-5)
 
 
 def test_patch_density_maps_localise_defects(synthetic):

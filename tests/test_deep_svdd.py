@@ -182,3 +182,12 @@ def test_train_finetune_test_end_to_end(small_synthetic, tmp_path, monkeypatch):
     metrics = json.loads((test_cli.main([]) / "metrics.json").read_text())
     for key in ("image_auroc", "pixel_auroc", "aupro_0.3"):
         assert 0 <= metrics["full_test_set"][key] <= 1
+
+
+def test_image_embeddings_are_the_patch_embeddings_averaged_over_the_grid(images):
+    model = DeepSVDD(**SMALL)
+    grid = ops.convert_to_numpy(model.embed(images[:3]))
+    vectors = model.image_embeddings(images[:3])
+    assert grid.shape == (3, 4, 4, 32) and vectors.shape == (3, 32)
+    np.testing.assert_allclose(vectors, grid.mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+    assert model.image_embeddings(images[:0]).shape == (0, 32)

@@ -92,9 +92,9 @@ def test_saved_model_reloads_with_identical_maps_and_embeddings(trained, train_i
     model.save(tmp_path / "mae.keras")
     reloaded = keras.saving.load_model(tmp_path / "mae.keras", compile=False)
     np.testing.assert_array_equal(reloaded.anomaly_map(images), model.anomaly_map(images))
-    embeddings = model.embed(images)
+    embeddings = model.image_embeddings(images)
     assert embeddings.shape == (4, 64) and embeddings.dtype == np.float32
-    np.testing.assert_array_equal(reloaded.embed(images), embeddings)
+    np.testing.assert_array_equal(reloaded.image_embeddings(images), embeddings)
     np.testing.assert_array_equal(reloaded.score(images), model.score(images))
 
 
@@ -102,9 +102,9 @@ def test_image_score_is_the_detector_on_the_embeddings(trained, train_images, sm
     model = trained[0]
     dataset = data.scan_dataset(small_synthetic)
     test_images = data.load_arrays(dataset, dataset.test[:6], SIZE, 3)[0]
-    knn = make_detector("knn", k=5, metric="cosine").fit(model.embed(train_images))
+    knn = make_detector("knn", k=5, metric="cosine").fit(model.image_embeddings(train_images))
     maps, scores = model.maps_and_scores(test_images)
-    np.testing.assert_allclose(scores, knn.score_samples(model.embed(test_images)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scores, knn.score_samples(model.image_embeddings(test_images)), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(maps, model.anomaly_map(test_images))
     # The training images are the kNN memory, so they score lower than test images.
     assert model.score(train_images[:6]).mean() < scores.mean()
