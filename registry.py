@@ -51,7 +51,8 @@ def _mae(config):
     return MaskedAutoencoder(patch_size=options["mae_patch"], mask_ratio=options["mask_ratio"],
                              encoder_dim=options["mae_dim"], encoder_depth=options["mae_depth"],
                              map_maskings=options["mae_maskings"], norm_pix_loss=options["mae_norm_pix"],
-                             detector=options["detector"], covariance=options["covariance"], seed=config.seed, input_size=config.size, channels=config.channels)
+                             detector=options["detector"], covariance=options["covariance"], seed=config.seed,
+                             input_size=config.size, channels=config.channels)
 
 
 def _mae_arguments(parser):
@@ -144,8 +145,8 @@ def _dino(config):
 def _embedding_arguments(parser):
     group = parser.add_argument_group("simclr / dino / mae")
     group.add_argument("--detector", choices=("knn", "mahalanobis", "cosine", "gmm"), default="knn",
-                       help="simclr, dino: scorer of image and patch embeddings; mae: of image embeddings; fitted on the normal images "
-                            "(knn: mean cosine distance to the 5 nearest; gmm: 4 diagonal components)")
+                       help="simclr, dino: scorer of image and patch embeddings; mae: of image embeddings; "
+                            "fitted on the normal images (knn: mean cosine distance to the 5 nearest; gmm: 4 diagonal components)")
     group.add_argument("--covariance", choices=("shrinkage", "pinv"), default="shrinkage",
                        help="--detector mahalanobis: Ledoit-Wolf shrinkage or the pseudo-inverse")
     group.add_argument("--temperature", type=float, default=0.07, help="simclr: NT-Xent temperature")

@@ -73,7 +73,9 @@ def parse_args(argv=None):
                         help="train on overlapping tiles of this size (the input size) of the full-size images")
     parser.add_argument("--overlap", type=int, default=None, help="overlap of neighbouring tiles in pixels (default: tile / 4)")
     parser.add_argument("--seed", type=int, default=0, help="seeds weights, shuffling and splits")
-    parser.add_argument("-i", "--inspect", action="store_true", help="save PNGs of what the model does: validation maps (and reconstructions), t-SNE of embeddings for cutpaste and mae")
+    parser.add_argument("-i", "--inspect", action="store_true",
+                        help="save PNGs of what the model does: validation maps (and reconstructions), "
+                             "t-SNE of embeddings for cutpaste and mae")
     parser.add_argument("--learning-rate", type=float, default=None, help="default: the method's (1e-3 for autoencoders)")
     parser.add_argument("--patience", type=int, default=8, help="early stopping patience on validation loss")
     parser.add_argument("--validation-fraction", type=float, default=None,
@@ -170,8 +172,8 @@ def out_of_memory_hint(config):
 def fit(model, items, n_items, val_ds, config, checkpoint, resumed=None, write_checkpoints=True, tiles_per_image=1):
     """Gradient training with the method's optimizer and hooks, checkpointed after every epoch.
 
-    `items` are the cached training images (or tiles, `tiles_per_image` of each image: images/s counts images). A resumed run restores the checkpoint instead of
-    running prepare_training. Returns (history, images/s per epoch) of all epochs, resumed ones included.
+    `items` are the cached training images (or tiles, `tiles_per_image` of each image: images/s counts
+    images). A resumed run restores the checkpoint instead of running prepare_training. Returns (history, images/s per epoch) of all epochs, resumed ones included.
     """
     import keras
 

@@ -44,6 +44,7 @@ class AnomalyModel(keras.Model):
     default_validation_fraction = 0.1
     early_stopping = True  # stop on the validation loss; False for pretext tasks whose loss is no guide
     min_train_images = 1
+    image_embedding_dim = None  # methods that learn image embeddings set it and implement _batch_image_embeddings
 
     def __init__(self, input_size=256, channels=3, **kwargs):
         super().__init__(**kwargs)
@@ -104,10 +105,20 @@ class AnomalyModel(keras.Model):
         labelled test images (`test_defects`: "good" or the defect type per image). None by default."""
 
     def image_embeddings(self, images):
-        """(N, D) float32 numpy: one learned vector per image, for analyze.py and embedding plots. Only the
-        methods that learn embeddings (mae, simclr, dino, cutpaste, deepsvdd) implement it."""
-        raise UserError(f"{self.method_name} models have no image embeddings; analyze a model of a method that "
-                        "has them (mae, simclr, dino, cutpaste, deepsvdd) or leave out -p to use the pretrained backbone")
+        """(N, image_embedding_dim) float32 numpy: one learned vector per image, for analyze.py, embedding
+        plots and image scores, `inference_batch_size` images at a time. UserError for a method without them."""
+        if self.image_embedding_dim is None:
+            raise UserError(f"{self.method_name} models have no image embeddings; analyze a model of a method that "
+                            "has them (mae, simclr, dino, cutpaste, deepsvdd) or leave out -p to use the "
+                            "pretrained backbone")
+        images = self.check_images(images)
+        if not len(images):
+            return np.zeros((0, self.image_embedding_dim), np.float32)
+        return self.in_batches(self._batch_image_embeddings, images).astype(np.float32)
+
+    def _batch_image_embeddings(self, images):
+        """(n, image_embedding_dim) numpy embeddings of one batch of checked images."""
+        raise NotImplementedError
 
     def graph_maps(self, images):
         """(n, H, W) maps of float images in [0, 1], keras.ops only, so that export.py can trace them."""

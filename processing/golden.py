@@ -60,5 +60,5 @@ def expand_golden(train_ds, n_images, seed, epoch_images=None):
     repeats = golden_repeats(n_images, epoch_images)
     augment = golden_augmentation(seed)
     expanded = tf.data.Dataset.from_tensor_slices(images).repeat(repeats)
-    expanded = expanded.shuffle(repeats * n_images, seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+    expanded = expanded.shuffle(golden_epoch_size(n_images, epoch_images), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
     return expanded.map(lambda batch: augment(batch, training=True)).prefetch(tf.data.AUTOTUNE)

@@ -201,10 +201,13 @@ class CutPaste(AnomalyModel):
                                       density["precision"])
         return squared / 2 + density["log_normalizer"]
 
-    def image_embeddings(self, images):
-        """(N, representation_dim) embeddings the image score is the density of."""
-        images = self.check_images(images)
-        return self.in_batches(self.embed, images) if len(images) else np.zeros((0, self.representation_dim))
+    @property
+    def image_embedding_dim(self):
+        return self.representation_dim
+
+    def _batch_image_embeddings(self, images):
+        """The embeddings the image score is the density of."""
+        return self.embed(images)
 
     def score(self, images):
         """(N,) negative log-likelihood of the image embeddings under the normal images' Gaussian."""
@@ -235,7 +238,8 @@ class CutPaste(AnomalyModel):
         normal_images = self.check_images(normal_images)
         pretext, _, labels = pretext_batch(normal_images, (self.seed, VALIDATION_GENERATION), "3way", rotate=False)
         names = np.array(["normal", "cutpaste", "scar"])[ops.convert_to_numpy(labels)].tolist()
-        embeddings = self.image_embeddings(np.concatenate([ops.convert_to_numpy(pretext), self.check_images(test_images)]))
+        images = np.concatenate([ops.convert_to_numpy(pretext), self.check_images(test_images)])
+        embeddings = self.image_embeddings(images)
         save_tsne(folder / "tsne_embeddings.png", embeddings, names + [f"test {defect}" for defect in test_defects],
                   title=f"cutpaste embeddings ({self.variant})", seed=self.seed)
 

@@ -117,12 +117,13 @@ class DeepSVDD(AnomalyModel):
         codes = self.encoder(flat, training=training)
         return ops.reshape(codes, (-1, self.grid, self.grid, self.latent_dim))
 
-    def image_embeddings(self, images):
-        """(N, latent_dim): the patch embeddings averaged over the grid."""
-        images = self.check_images(images)
-        if not len(images):
-            return np.zeros((0, self.latent_dim), np.float32)
-        return self.in_batches(lambda batch: ops.convert_to_numpy(ops.mean(self.embed(batch), axis=(1, 2))), images)
+    @property
+    def image_embedding_dim(self):
+        return self.latent_dim
+
+    def _batch_image_embeddings(self, images):
+        """The patch embeddings averaged over the grid."""
+        return ops.convert_to_numpy(ops.mean(self.embed(images), axis=(1, 2)))
 
     def call(self, images, training=False):
         """(n, g, g) squared distances of the patch embeddings to c."""

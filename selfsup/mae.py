@@ -228,7 +228,8 @@ class MaskedAutoencoder(AnomalyModel):
 
     def inspection_plots(self, folder, normal_images, test_images, test_defects):
         """t-SNE of the encoder embeddings of normal training images and of the test images by defect."""
-        embeddings = self.image_embeddings(np.concatenate([self.check_images(normal_images), self.check_images(test_images)]))
+        images = np.concatenate([self.check_images(normal_images), self.check_images(test_images)])
+        embeddings = self.image_embeddings(images)
         save_tsne(folder / "tsne_embeddings.png", embeddings,
                   ["train"] * len(normal_images) + [f"test {defect}" for defect in test_defects],
                   title="mae encoder embeddings", seed=self.seed)
@@ -238,12 +239,12 @@ class MaskedAutoencoder(AnomalyModel):
         tokens = self.patch_embedding(patchify(ops.convert_to_tensor(images), self.patch_size))
         return ops.mean(self._encode(tokens + self.encoder_positions), axis=1)
 
-    def image_embeddings(self, images):
-        """graph_embeddings as (n, encoder_dim) float32 numpy, `inference_batch_size` images at a time."""
-        images = self.check_images(images)
-        if not len(images):
-            return np.zeros((0, self.encoder_dim), np.float32)
-        return self.in_batches(lambda batch: ops.convert_to_numpy(self.graph_embeddings(batch)), images).astype(np.float32)
+    @property
+    def image_embedding_dim(self):
+        return self.encoder_dim
+
+    def _batch_image_embeddings(self, images):
+        return ops.convert_to_numpy(self.graph_embeddings(images))
 
     # ---- image scores
     def calibrate(self, normal_images):

@@ -15,7 +15,6 @@ loss says little about anomaly detection) and no validation split by default (ev
 trains and calibrates).
 """
 import keras
-import numpy as np
 from keras import layers, ops
 
 from backbones.pretrained import feature_extractor
@@ -76,11 +75,12 @@ class PretrainedSelfSupervised(EmbeddingScoredModel):
         patches = self.scoring_embedder.predict_on_batch(self.rgb(ops.convert_to_tensor(images)))
         return patches, patches.mean(axis=(1, 2))
 
-    def image_embeddings(self, images):
-        images = self.check_images(images)
-        if not len(images):
-            return np.zeros((0, self.embedding_dim), np.float32)
-        return self.in_batches(lambda batch: self.embeddings(batch)[1], images).astype(np.float32)
+    @property
+    def image_embedding_dim(self):
+        return self.embedding_dim
+
+    def _batch_image_embeddings(self, images):
+        return self.embeddings(images)[1]
 
     def graph_embeddings(self, images):
         patches = self.scoring_embedder(self.rgb(images))
