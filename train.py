@@ -105,8 +105,9 @@ def parse_args(argv=None):
 
 
 def apply_method_defaults(config, model):
-    """Fill the flags left unset with the method's own defaults (recorded in run.json as used)."""
-    for name in ("epochs", "batch_size", "learning_rate", "validation_fraction"):
+    """Fill the flags left unset with the method's own defaults (recorded in run.json as used); the
+    epochs come later, from default_epochs_for(the number of training images)."""
+    for name in ("batch_size", "learning_rate", "validation_fraction"):
         if getattr(config, name) is None:
             setattr(config, name, getattr(model, f"default_{name}"))
 
@@ -241,12 +242,14 @@ def train(config):
     if config.batch_size < strategy.num_replicas_in_sync:
         raise UserError(f"-b {config.batch_size} is smaller than the {strategy.num_replicas_in_sync} replicas of "
                         f"--distribute {config.distribute}; -b is the global batch, pass at least that many")
-    checkpoint = checkpoints.Checkpoint(checkpoints.checkpoint_folder(runs.SAVED_MODELS, name, config.method))
-    resumed = checkpoint.load(asdict(config)) if config.resume else None
     if len(dataset.train) < model.min_train_images:
         raise UserError(f"{config.method} needs at least {model.min_train_images} training images, "
                         f"{dataset.root / 'train' / 'good'} has {len(dataset.train)}; add more normal images")
     train_samples, val_samples = data.split_train_validation(dataset.train, config.validation_fraction, config.seed)
+    if config.epochs is None:
+        config.epochs = model.default_epochs_for(len(train_samples))
+    checkpoint = checkpoints.Checkpoint(checkpoints.checkpoint_folder(runs.SAVED_MODELS, name, config.method))
+    resumed = checkpoint.load(asdict(config)) if config.resume else None
     finetune_samples, evaluation_samples = data.split_finetune_evaluation(dataset.test, config.finetune_fraction, config.seed)
     tiles_per_image = tiling.count(*image_size) if tiling else 1
     resolution = f"{image_size[0]}x{image_size[1]}px in {tiles_per_image} tiles of {config.size}px" if tiling \

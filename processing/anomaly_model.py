@@ -62,6 +62,10 @@ class AnomalyModel(keras.Model):
         """The tf.data fit() trains on, from batches of normal images (e.g. add pretext labels, augment)."""
         return train_ds
 
+    def default_epochs_for(self, n_train_images):
+        """The epochs train.py uses when -e is not given (a method may scale them to the data's size)."""
+        return self.default_epochs
+
     def images_per_epoch(self, n_train_images):
         """How many images training_data() yields per epoch (for the images/s figures)."""
         return n_train_images

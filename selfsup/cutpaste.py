@@ -46,13 +46,13 @@ MIN_PATCH_SIZE = 32  # one cell of the backbone's stride-32 stage
 VALIDATION_GENERATION = -1  # the fixed pretext set of validation images
 EMBED_CHUNK = 256  # images or patches per backbone call: bounds memory at any input size
 DENSITIES = ("image", "patch")
+PRETEXT_PIXEL_BUDGET = 5000 * 256 ** 2  # pretext images x pixels the default schedule trains on (~25 min on 2 cores)
 
 
 @keras.saving.register_keras_serializable(package="selfsup")
 class CutPaste(AnomalyModel):
     method_name = "cutpaste"
-    # The paper trains longer; on 2 CPU cores one 256 px epoch of ~170 images takes about 2.5 min, so
-    # 10 epochs is what keeps one category under 30 minutes (pass -e 30 for the paper's schedule).
+    # The paper trains longer (pass -e 30 for its schedule); see default_epochs_for.
     default_epochs = 10
     default_batch_size = 64
     default_learning_rate = 1e-3
@@ -117,6 +117,17 @@ class CutPaste(AnomalyModel):
         return self.classifier(self.head(self.encoder(images, training=training), training=training))
 
     # ---- training
+    def default_epochs_for(self, n_train_images):
+        """default_epochs, fewer where they would pass PRETEXT_PIXEL_BUDGET: on 2 CPU cores the trainable
+        backbone learns from about 4 pretext images of 256 px a second (forward and backward), so 10 epochs
+        of magnetic_tile's 610 training images (3 pretext images each in 3way) would take about 80 minutes."""
+        pixels_per_epoch = n_train_images * num_classes(self.variant) * self.input_size ** 2
+        epochs = int(min(self.default_epochs, max(1, PRETEXT_PIXEL_BUDGET // max(1, pixels_per_epoch))))
+        if epochs < self.default_epochs:
+            report(f"cutpaste: default schedule cut to {epochs} of {self.default_epochs} epochs for {n_train_images} "
+                   f"training images of {self.input_size} px (a ~25-minute CPU budget); pass -e for more")
+        return epochs
+
     def make_optimizer(self, learning_rate, steps_per_epoch, epochs):
         return keras.optimizers.SGD(learning_rate, momentum=0.9, weight_decay=3e-5)
 

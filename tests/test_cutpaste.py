@@ -10,6 +10,7 @@ import tensorflow as tf
 from sklearn.metrics import roc_auc_score
 
 import finetune
+import selfsup.cutpaste
 import test as test_cli
 import train
 from processing import data
@@ -146,10 +147,21 @@ def test_one_training_image_is_a_clear_cli_error(workdir, capsys):
     assert "cutpaste needs at least 2 training images" in capsys.readouterr().err
 
 
-def test_train_finetune_test_end_to_end(workdir, small_synthetic):
-    run_dir = train.main(["-d", str(small_synthetic), "-a", "cutpaste", "-e", "1", "-b", "8", "--size", str(SIZE),
+def test_default_epochs_keep_to_the_cpu_budget():
+    assert CutPaste(input_size=256).default_epochs_for(25) == 10  # small categories: the full default
+    assert CutPaste(input_size=256).default_epochs_for(610) == 2  # 5000 // (610 images x 3 pretext images)
+    assert CutPaste(input_size=256, variant="binary").default_epochs_for(610) == 4  # 2 pretext images each
+    assert CutPaste(input_size=128).default_epochs_for(610) == 10  # a quarter of the pixels
+    assert CutPaste(input_size=256).default_epochs_for(100_000) == 1
+
+
+def test_train_finetune_test_end_to_end(workdir, small_synthetic, monkeypatch, capsys):
+    monkeypatch.setattr(selfsup.cutpaste, "PRETEXT_PIXEL_BUDGET", 1)  # without -e, train.py takes the budget's 1 epoch
+    run_dir = train.main(["-d", str(small_synthetic), "-a", "cutpaste", "-b", "8", "--size", str(SIZE),
                           "--cutpaste-variant", "binary", "-i"])
+    assert "default schedule cut to 1 of 10 epochs" in capsys.readouterr().out
     run = json.loads((run_dir / "run.json").read_text())
+    assert run["config"]["epochs"] == 1 and len(run["history"]["loss"]) == 1
     assert run["config"]["options"]["cutpaste_variant"] == "binary" and run["config"]["validation_fraction"] == 0.2
     assert set(run["history"]) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
     for picture in ("training_curves.png", "tsne_embeddings.png", "inspect_validation.png"):
