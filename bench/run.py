@@ -51,7 +51,7 @@ VARIANTS = {
     # The deeper stride-16/32 features: larger receptive fields for textures and large defects.
     "patchcore-lite0-s16-32": ("patchcore", "--backbone lite0 --coreset-ratio 0.01 --feature-strides 16 32"),
     "padim-lite0-s16-32": ("padim", "--backbone lite0 --feature-strides 16 32"),
-    # CutPaste at 256 px with its default 10 epochs (about 25 min for ~170 training images on 2 cores).
+    # CutPaste at 256 px with its default schedule (10 epochs, cut to about 25 min of training on 2 cores).
     "cutpaste-3way": ("cutpaste", "--size 256 --cutpaste-variant 3way"),
     "cutpaste-binary": ("cutpaste", "--size 256 --cutpaste-variant binary"),
     # SimCLR and DINO fine-tune the Lite0 embedder for 5 epochs at batch 32 (about 1 s per image per epoch).
