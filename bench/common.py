@@ -84,23 +84,26 @@ def _cell(value):
     return f"{value:.3f}" if isinstance(value, float) and value <= 1.0 else (f"{value:.1f}" if isinstance(value, float) else str(value))
 
 
-def write_table(rows, out_stem, title, appendix=""):
-    """Print the table and write <out_stem>.csv and <out_stem>.md (with machine and versions, then `appendix`)."""
+RUN_NOTE = ("Threshold-free metrics on the full test set; eval_f1 at the finetuned threshold on the evaluation "
+            "split. peak_mem_mb is the peak resident memory of the row's own process (train + finetune + test; "
+            "'-' for rows measured before rows had a process each).")
+
+
+def write_table(rows, out_stem, title, appendix="", columns=COLUMNS, note=RUN_NOTE):
+    """Print the table and write <out_stem>.csv and <out_stem>.md (title, machine, versions, date and `note`,
+    the table, then `appendix`)."""
     import pandas as pd
 
     from processing import atomic, runs
 
     out_stem = Path(out_stem)
-    frame = pd.DataFrame(rows, columns=list(COLUMNS))
-    header = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
-    body = "".join("| " + " | ".join(_cell(row.get(c)) for c in COLUMNS) + " |\n" for row in rows)
+    frame = pd.DataFrame(rows, columns=list(columns))
+    header = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
+    body = "".join("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |\n" for row in rows)
     versions = runs.versions()
-    note = (f"# {title}\n\nMachine: {versions.pop('machine')}. Versions: "
-            + ", ".join(f"{k} {v}" for k, v in versions.items())
-            + f". Date: {time.strftime('%Y-%m-%d')}. Threshold-free metrics on the full test set; "
-              "eval_f1 at the finetuned threshold on the evaluation split. peak_mem_mb is the "
-              "peak resident memory of the row's own process (train + finetune + test; '-' for rows "
-              "measured before rows had a process each).\n\n")
+    preamble = (f"# {title}\n\nMachine: {versions.pop('machine')}. Versions: "
+                + ", ".join(f"{k} {v}" for k, v in versions.items())
+                + f". Date: {time.strftime('%Y-%m-%d')}. {note}\n\n")
     atomic.write_text(out_stem.with_suffix(".csv"), frame.to_csv(index=False))
-    atomic.write_text(out_stem.with_suffix(".md"), note + header + body + appendix)
+    atomic.write_text(out_stem.with_suffix(".md"), preamble + header + body + appendix)
     print(header + body, flush=True)

@@ -3,11 +3,9 @@ leave-one-class-out protocol on hand-made and on clearly separable image classes
 """
 import csv
 import json
-import shutil
 
 import numpy as np
 import pytest
-from PIL import Image
 
 import analyze
 import finetune
@@ -89,28 +87,13 @@ def test_a_model_without_embeddings_is_a_user_error():
         ModelEmbedder(PatchCore(input_size=SIZE, channels=3))
 
 
-@pytest.fixture(scope="module")
-def data_root(small_synthetic, tmp_path_factory):
-    """Two categories: the synthetic flanges, and plain grey gradients (a trivially different product)."""
-    root = tmp_path_factory.mktemp("categories")
-    shutil.copytree(small_synthetic, root / "flanges")
-    ramp = np.linspace(60, 200, SIZE, dtype=np.float32)
-    for split, count in (("train", 20), ("test", 8)):
-        folder = root / "gradients" / split / "good"
-        folder.mkdir(parents=True)
-        for i in range(count):
-            grey = np.clip(ramp[None, :] + 3 * i + np.zeros((SIZE, 1)), 0, 255).astype(np.uint8)
-            Image.fromarray(np.stack([grey] * 3, axis=-1)).save(folder / f"{i:03d}.png")
-    return root
-
-
 def read_csv(path):
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
 
 
-def test_leave_one_out_cli_separates_clearly_different_classes(data_root, small_synthetic, tmp_path):
-    analyze.main(["--data-root", str(data_root), "--leave-one-out", "--size", str(SIZE), "--out", str(tmp_path)])
+def test_leave_one_out_cli_separates_clearly_different_classes(two_product_root, small_synthetic, tmp_path):
+    analyze.main(["--data-root", str(two_product_root), "--leave-one-out", "--size", str(SIZE), "--out", str(tmp_path)])
     rows = read_csv(tmp_path / "leave_one_class_out.csv")
     assert [row["held_out"] for row in rows] == ["flanges", "gradients"]
     assert all(float(row["auroc"]) > 0.95 for row in rows)
@@ -120,8 +103,8 @@ def test_leave_one_out_cli_separates_clearly_different_classes(data_root, small_
     assert (tmp_path / "leave_one_class_out.png").stat().st_size > 0
 
 
-def test_study_cli_writes_its_pictures_and_tables(data_root, small_synthetic, tmp_path):
-    analyze.main(["--data-root", str(data_root), "-d", "flanges", "gradients", "--size", str(SIZE),
+def test_study_cli_writes_its_pictures_and_tables(two_product_root, small_synthetic, tmp_path):
+    analyze.main(["--data-root", str(two_product_root), "-d", "flanges", "gradients", "--size", str(SIZE),
                   "--clusters", "4", "--out", str(tmp_path)])
     for name in ("pca_variance", "tsne_categories", "tsne_defects", "kmeans_elbow", "scores_flanges",
                  "scores_gradients"):

@@ -62,3 +62,48 @@ def test_one_row_in_its_own_process_from_a_relative_data_root(small_synthetic, t
     assert row["infer_img_s"] > 0 and row["peak_mem_mb"] > 100  # TensorFlow alone takes a few hundred MB
     with pytest.raises(UserError, match="dataset folder not found"):
         run_in_own_process("mvtecCAE", "missing", "root", tmp_path / "work", [])
+
+
+def read_rows(path):
+    import csv
+
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_leave_one_out_bench_tables_every_embedder_and_detector(two_product_root, tmp_path):
+    """Backbone and trained (MAE) embedders over a root of two products: one row per embedder and detector,
+    one AUROC column per held-out category; the backbone tells the products apart."""
+    from bench import leave_one_out
+
+    import shutil
+
+    root = tmp_path / "root"
+    shutil.copytree(two_product_root, root / "shop")  # copied: a symlink would name the categories by their target
+    out = tmp_path / "loco"
+    leave_one_out.main(["--data-root", str(root), "--embedders", "backbone-lite0", "mae-128", "--detectors", "knn",
+                        "cosine", "--size", "64", "--train-args", "--size 64 -e 1", "--out", str(out),
+                        "--workdir", str(tmp_path / "runs")])
+    rows = read_rows(out.with_suffix(".csv"))
+    assert [(row["embedder"], row["detector"]) for row in rows] == [
+        ("backbone-lite0", "knn"), ("backbone-lite0", "cosine"), ("mae-128", "knn"), ("mae-128", "cosine")]
+    held_out = ("shop/gradients", "shop/flanges")  # fewest training images first
+    for row in rows:
+        aurocs = [float(row[name]) for name in held_out]
+        assert float(row["mean_auroc"]) == pytest.approx(sum(aurocs) / 2)
+        assert float(row["embed_img_s"]) > 0
+    assert all(float(row[name]) > 0.95 for row in rows[:2] for name in held_out)
+    assert rows[2]["train_category"] == "shop/gradients" and float(rows[2]["train_s"]) > 0
+    assert rows[0]["train_s"] == "" and rows[2]["size"] == "64"
+    assert "Machine:" in out.with_suffix(".md").read_text()
+
+
+def test_leave_one_out_bench_needs_two_categories(small_synthetic, tmp_path, capsys):
+    from bench import leave_one_out
+
+    (tmp_path / "shop").mkdir()
+    (tmp_path / "shop" / "only").symlink_to(small_synthetic)
+    with pytest.raises(SystemExit) as exit_info:
+        leave_one_out.main(["--data-root", str(tmp_path), "--out", str(tmp_path / "loco")])
+    assert exit_info.value.code == 2 and "at least two categories" in capsys.readouterr().err
+    assert not (tmp_path / "loco.csv").exists()
