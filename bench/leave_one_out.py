@@ -16,7 +16,8 @@ test/good images (normal); see processing/embedding_analysis.py. Embedders:
   training data in every fold but its own, as for any other category.
 
 Every embedder embeds all images once; each detector then runs the protocol on those embeddings.
-Writes bench/results/leave_one_out.{csv,md} (with machine and versions) after every embedder.
+Writes bench/results/leave_one_out.{csv,md} (with machine and versions) after every embedder, keeping
+the rows of embedders not selected this time.
 """
 import argparse
 import os
@@ -28,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import SHARED_DATA, categories, write_table  # noqa: E402
+from bench.common import SHARED_DATA, categories, previous_rows, write_table  # noqa: E402
 from bench.run import VARIANTS  # noqa: E402
 from processing.errors import CommandLineParser, cli_entry  # noqa: E402
 
@@ -67,11 +68,12 @@ def trained_embedder(variant, config):
     method, flags = VARIANTS[variant]
     workdir = Path(config.workdir) / variant
     workdir.mkdir(parents=True, exist_ok=True)
+    data_root = Path(config.data_root).resolve()  # a relative root must survive the chdir
     previous = os.getcwd()
     os.chdir(workdir)
     try:
         started = time.perf_counter()
-        run_dir = train.train(train.parse_args(["--data-root", str(Path(config.data_root).resolve()),
+        run_dir = train.train(train.parse_args(["--data-root", str(data_root),
                                                 "-d", config.train_category, "-a", method, *shlex.split(flags),
                                                 *shlex.split(config.train_args)]))
         seconds = time.perf_counter() - started
@@ -112,7 +114,8 @@ def run(config):
     config.train_category = config.train_category or names[0]
     columns = ["embedder", "detector", *names, "mean_auroc", "size", "embed_s", "embed_img_s", "train_s",
                "train_category"]
-    rows = []
+    # Rows of other embedders from an earlier run stay, so embedders can be (re)measured one at a time.
+    rows = [row for row in previous_rows(config.out) if row["embedder"] not in config.embedders]
     for name in config.embedders:
         keras.utils.clear_session(free_memory=True)
         print(f"== {name}", flush=True)

@@ -71,7 +71,7 @@ def read_rows(path):
         return list(csv.DictReader(handle))
 
 
-def test_leave_one_out_bench_tables_every_embedder_and_detector(two_product_root, tmp_path):
+def test_leave_one_out_bench_tables_every_embedder_and_detector(two_product_root, tmp_path, monkeypatch):
     """Backbone and trained (MAE) embedders over a root of two products: one row per embedder and detector,
     one AUROC column per held-out category; the backbone tells the products apart."""
     from bench import leave_one_out
@@ -81,7 +81,8 @@ def test_leave_one_out_bench_tables_every_embedder_and_detector(two_product_root
     root = tmp_path / "root"
     shutil.copytree(two_product_root, root / "shop")  # copied: a symlink would name the categories by their target
     out = tmp_path / "loco"
-    leave_one_out.main(["--data-root", str(root), "--embedders", "backbone-lite0", "mae-128", "--detectors", "knn",
+    monkeypatch.chdir(tmp_path)  # a relative --data-root must survive the trained embedder's own folder
+    leave_one_out.main(["--data-root", "root", "--embedders", "backbone-lite0", "mae-128", "--detectors", "knn",
                         "cosine", "--size", "64", "--train-args", "--size 64 -e 1", "--out", str(out),
                         "--workdir", str(tmp_path / "runs")])
     rows = read_rows(out.with_suffix(".csv"))
@@ -96,6 +97,12 @@ def test_leave_one_out_bench_tables_every_embedder_and_detector(two_product_root
     assert rows[2]["train_category"] == "shop/gradients" and float(rows[2]["train_s"]) > 0
     assert rows[0]["train_s"] == "" and rows[2]["size"] == "64"
     assert "Machine:" in out.with_suffix(".md").read_text()
+    # Measuring one embedder again replaces its rows and keeps the others.
+    leave_one_out.main(["--data-root", "root", "--embedders", "backbone-lite0", "--detectors", "gmm", "--size", "64",
+                        "--out", str(out)])
+    again = read_rows(out.with_suffix(".csv"))
+    assert [(row["embedder"], row["detector"]) for row in again] == [
+        ("mae-128", "knn"), ("mae-128", "cosine"), ("backbone-lite0", "gmm")]
 
 
 def test_leave_one_out_bench_needs_two_categories(small_synthetic, tmp_path, capsys):
