@@ -4,6 +4,7 @@ collect a row; write the table as CSV + markdown with the machine and versions.
 Each run uses the same three library calls as the CLIs, in a scratch folder, so a benchmark
 measures exactly what users run.
 """
+import contextlib
 import json
 import os
 import resource
@@ -29,25 +30,42 @@ def categories(data_root, selected=None):
     return [c for c in found if not selected or c in selected]
 
 
-def run_one(method, category, data_root, workdir, train_args=()):
-    """Train, finetune and test `method` on `category`; return one row of COLUMNS."""
-    import finetune
-    import test as test_cli
-    import train
-
-    workdir, data_root = Path(workdir), Path(data_root).resolve()  # a relative root must survive the chdir
+@contextlib.contextmanager
+def inside(workdir):
+    """Run a block with `workdir` (created if missing) as the current folder, where the CLIs' library
+    calls write saved_models/ and results/; the previous folder is restored afterwards."""
+    workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     previous = os.getcwd()
     os.chdir(workdir)
     try:
-        started = time.perf_counter()
-        run_dir = train.train(train.parse_args(["--data-root", str(data_root), "-d", category, "-a", method, *train_args]))
-        train_seconds = time.perf_counter() - started
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def train_timed(method, category, data_root, train_args=()):
+    """train.py's library call for `method` on `category`; (the model path it returns, wall seconds).
+    `data_root` must be absolute when the caller has changed folder (see `inside`)."""
+    import train
+
+    started = time.perf_counter()
+    model_path = train.train(train.parse_args(["--data-root", str(data_root), "-d", category, "-a", method,
+                                               *train_args]))
+    return model_path, time.perf_counter() - started
+
+
+def run_one(method, category, data_root, workdir, train_args=()):
+    """Train, finetune and test `method` on `category`; return one row of COLUMNS."""
+    import finetune
+    import test as test_cli
+
+    data_root = Path(data_root).resolve()  # a relative root must survive the change of folder
+    with inside(workdir):
+        run_dir, train_seconds = train_timed(method, category, data_root, train_args)
         finetune.finetune(finetune.parse_args(["-p", str(run_dir)]))
         results_dir = test_cli.evaluate(test_cli.parse_args(["-p", str(run_dir)]))
         run_dir, results_dir = run_dir.resolve(), results_dir.resolve()
-    finally:
-        os.chdir(previous)
     return row_from_run(method, category, run_dir, results_dir, train_seconds)
 
 

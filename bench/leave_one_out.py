@@ -20,7 +20,6 @@ Writes bench/results/leave_one_out.{csv,md} (with machine and versions) after ev
 the rows of embedders not selected this time.
 """
 import argparse
-import os
 import shlex
 import sys
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import SHARED_DATA, categories, previous_rows, write_table  # noqa: E402
+from bench.common import SHARED_DATA, categories, inside, previous_rows, train_timed, write_table  # noqa: E402
 from bench.run import VARIANTS  # noqa: E402
 from processing.errors import CommandLineParser, cli_entry  # noqa: E402
 
@@ -61,25 +60,15 @@ def parse_args(argv=None):
 
 def trained_embedder(variant, config):
     """Train bench/run.py's `variant` on config.train_category (in config.workdir); its ModelEmbedder, seconds."""
-    import train
     from processing import runs
     from processing.embedding_analysis import ModelEmbedder
 
     method, flags = VARIANTS[variant]
-    workdir = Path(config.workdir) / variant
-    workdir.mkdir(parents=True, exist_ok=True)
-    data_root = Path(config.data_root).resolve()  # a relative root must survive the chdir
-    previous = os.getcwd()
-    os.chdir(workdir)
-    try:
-        started = time.perf_counter()
-        run_dir = train.train(train.parse_args(["--data-root", str(data_root),
-                                                "-d", config.train_category, "-a", method, *shlex.split(flags),
-                                                *shlex.split(config.train_args)]))
-        seconds = time.perf_counter() - started
-        model = runs.Run(runs.resolve_model_path(run_dir)).load_model()
-    finally:
-        os.chdir(previous)
+    data_root = Path(config.data_root).resolve()  # a relative root must survive the change of folder
+    with inside(Path(config.workdir) / variant):
+        model_path, seconds = train_timed(method, config.train_category, data_root,
+                                          [*shlex.split(flags), *shlex.split(config.train_args)])
+        model = runs.Run(runs.resolve_model_path(model_path)).load_model()
     return ModelEmbedder(model), seconds
 
 

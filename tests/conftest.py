@@ -32,13 +32,12 @@ def two_product_root(small_synthetic, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("categories")
     shutil.copytree(small_synthetic, root / "flanges")
-    size = SMALL_SIZE
-    ramp = np.linspace(60, 200, size, dtype=np.float32)
+    ramp = np.linspace(60, 200, SMALL_SIZE, dtype=np.float32)
     for split, count in (("train", 20), ("test", 8)):
         folder = root / "gradients" / split / "good"
         folder.mkdir(parents=True)
         for i in range(count):
-            grey = np.clip(ramp[None, :] + 3 * i + np.zeros((size, 1)), 0, 255).astype(np.uint8)
+            grey = np.clip(ramp[None, :] + 3 * i + np.zeros((SMALL_SIZE, 1)), 0, 255).astype(np.uint8)
             Image.fromarray(np.stack([grey] * 3, axis=-1)).save(folder / f"{i:03d}.png")
     return root
 

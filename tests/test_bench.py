@@ -74,9 +74,9 @@ def read_rows(path):
 def test_leave_one_out_bench_tables_every_embedder_and_detector(two_product_root, tmp_path, monkeypatch):
     """Backbone and trained (MAE) embedders over a root of two products: one row per embedder and detector,
     one AUROC column per held-out category; the backbone tells the products apart."""
-    from bench import leave_one_out
-
     import shutil
+
+    from bench import leave_one_out
 
     root = tmp_path / "root"
     shutil.copytree(two_product_root, root / "shop")  # copied: a symlink would name the categories by their target
