@@ -102,7 +102,7 @@ def _cutpaste(config):
     return CutPaste(backbone=config.backbone, variant=options["cutpaste_variant"],
                     regenerate_every=options["regenerate_every"], freeze_backbone_epochs=options["freeze_backbone_epochs"],
                     patch_size=options["cutpaste_patch_size"], patch_stride=options["cutpaste_patch_stride"],
-                    rotate90=not options["no_rot90"], seed=config.seed, input_size=config.size, channels=config.channels)
+                    patch_fit_images=options["cutpaste_patch_fit_images"], rotate90=not options["no_rot90"], seed=config.seed, input_size=config.size, channels=config.channels)
 
 
 def _cutpaste_arguments(parser):
@@ -117,6 +117,9 @@ def _cutpaste_arguments(parser):
                        help="cutpaste: side of the patches scored for the anomaly map (default size / 4, at least 32)")
     group.add_argument("--cutpaste-patch-stride", type=int, default=None,
                        help="cutpaste: pixels between those patches (default patch size / 4)")
+    group.add_argument("--cutpaste-patch-fit-images", type=int, default=None,
+                       help="cutpaste: at most this many normal images (evenly spread) fit the patch density "
+                            "(default 100)")
     group.add_argument("--no-rot90", action="store_true",
                        help="cutpaste: no random 90-degree rotations of the training images (for parts whose orientation matters)")
 

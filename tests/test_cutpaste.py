@@ -13,6 +13,7 @@ import finetune
 import selfsup.cutpaste
 import test as test_cli
 import train
+from detectors import GaussianDensityDetector
 from processing import data
 from processing.errors import UserError
 from processing.synthetic import generate_synthetic_dataset
@@ -108,6 +109,15 @@ def test_patch_density_maps_localise_defects(synthetic):
     assert roc_auc_score(labels, scores) > 0.75  # measured 0.86
 
 
+def test_patch_density_is_fitted_on_evenly_spread_images(synthetic):
+    images = synthetic[0][:10]
+    model = CutPaste(patch_fit_images=4, **TINY)  # every ceil(10 / 4) = 3rd image: 0, 3, 6, 9
+    model.calibrate(tf.data.Dataset.from_tensor_slices(images).batch(4))  # the choice spans batches
+    expected = GaussianDensityDetector().fit(model._patch_embeddings(images[[0, 3, 6, 9]]))
+    np.testing.assert_allclose(model.density("patch").mean_, expected.mean_, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.density("image").mean_, model.embed(images).mean(axis=0), rtol=1e-5, atol=1e-6)
+
+
 def test_patch_grid_covers_the_image():
     np.testing.assert_array_equal(patch_positions(64, 32, 8), [0, 8, 16, 24, 32])
     np.testing.assert_array_equal(patch_positions(70, 32, 16), [0, 16, 32, 38])  # the last one flush with the edge
@@ -125,6 +135,8 @@ def test_saved_model_reloads_with_identical_maps_and_scores(trained, synthetic, 
 def test_bad_inputs_are_user_errors(trained):
     with pytest.raises(UserError, match="patch size is 96 px"):
         CutPaste(input_size=SIZE, patch_size=96)
+    with pytest.raises(UserError, match="--cutpaste-patch-fit-images must be at least 1"):
+        CutPaste(input_size=SIZE, patch_fit_images=0)
     model = CutPaste.from_config(trained[0].get_config())  # not calibrated
     with pytest.raises(UserError, match="calibrate it on normal images"):
         model.score(np.zeros((1, SIZE, SIZE, 3), np.float32))
