@@ -102,7 +102,8 @@ def _cutpaste(config):
     return CutPaste(backbone=config.backbone, variant=options["cutpaste_variant"],
                     regenerate_every=options["regenerate_every"], freeze_backbone_epochs=options["freeze_backbone_epochs"],
                     patch_size=options["cutpaste_patch_size"], patch_stride=options["cutpaste_patch_stride"],
-                    patch_fit_images=options["cutpaste_patch_fit_images"], rotate90=not options["no_rot90"], seed=config.seed, input_size=config.size, channels=config.channels)
+                    patch_fit_images=options["cutpaste_patch_fit_images"], rotate90=not options["no_rot90"],
+                    seed=config.seed, input_size=config.size, channels=config.channels)
 
 
 def _cutpaste_arguments(parser):

@@ -42,7 +42,7 @@ VARIANTS = {
     "mvtecCAE-l2": ("mvtecCAE", "-l l2 --size 128 -e 10"),
     "resnetCAE-ssim": ("resnetCAE", "-l ssim --size 128 -e 10"),
     "resnetCAE-l2": ("resnetCAE", "-l l2 --size 128 -e 10"),
-    # The schedule that reaches the MVTec AD paper's CAE figures on bottle (about 10 min on idle 2 cores).
+    # The schedule that reaches the MVTec AD paper's CAE figures on bottle (about 14 min on idle 2 cores).
     "mvtecCAE-ssim-60": ("mvtecCAE", "-l ssim --size 128 -e 60 --patience 15"),
     "mvtecCAE-l2-60": ("mvtecCAE", "-l l2 --size 128 -e 60 --patience 15"),
     # Coreset 1% as in anomalib's published figures; 10% is ten times slower on CPU.

@@ -195,20 +195,21 @@ class CutPaste(AnomalyModel):
             raise UserError(f"cutpaste needs at least 2 normal training images to fit its Gaussian density, got "
                             f"{n_images}; add images to train/good, or pass --validation-fraction 0")
         every = -(-n_images // self.patch_fit_images)  # ceil: keep images 0, every, 2 * every, ...
-        patch_embeddings, first = [], 0
+        patch_embeddings, first, n_fitted = [], 0, 0
         for batch in normal_images:
             batch = np.asarray(batch, np.float32)
             chosen = batch[(first + np.arange(len(batch))) % every == 0]
             first += len(batch)
             if len(chosen):
                 patch_embeddings.append(self.in_batches(self._patch_embeddings, chosen))
+                n_fitted += len(chosen)
         for name, embeddings in zip(DENSITIES, (image_embeddings, patch_embeddings)):
             state = GaussianDensityDetector().fit(np.concatenate(embeddings)).state()
             for key, weight in self.densities[name].items():
                 weight.assign(state[key])
         self.calibrated.assign(1)
         report(f"cutpaste: Gaussian densities of {n_images} images and {sum(map(len, patch_embeddings))} patches "
-               f"({self.patch_size} px, stride {self.patch_stride}) of {-(-n_images // every)} images")
+               f"({self.patch_size} px, stride {self.patch_stride}) of {n_fitted} images")
 
     def density(self, name):
         """The numpy detector of density `name` (the reference that `density_scores` follows)."""
