@@ -1,7 +1,6 @@
 """The embedding study (processing/embedding_analysis.py, analyze.py): each step on tiny arrays, the
 leave-one-class-out protocol on hand-made and on clearly separable image classes, and the CLI's files.
 """
-import csv
 import json
 
 import numpy as np
@@ -15,6 +14,7 @@ from processing import data
 from processing.embedding_analysis import (EmbeddedImages, ModelEmbedder, confusion_at_threshold,
                                            discover_categories, elbow, gmm_outliers, kmeans_elbow, leave_one_out)
 from processing.errors import UserError
+from tests.tables import read_csv_rows
 
 SIZE = 64
 
@@ -87,14 +87,9 @@ def test_a_model_without_embeddings_is_a_user_error():
         ModelEmbedder(PatchCore(input_size=SIZE, channels=3))
 
 
-def read_csv(path):
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
 def test_leave_one_out_cli_separates_clearly_different_classes(two_product_root, small_synthetic, tmp_path):
     analyze.main(["--data-root", str(two_product_root), "--leave-one-out", "--size", str(SIZE), "--out", str(tmp_path)])
-    rows = read_csv(tmp_path / "leave_one_class_out.csv")
+    rows = read_csv_rows(tmp_path / "leave_one_class_out.csv")
     assert [row["held_out"] for row in rows] == ["flanges", "gradients"]
     assert all(float(row["auroc"]) > 0.95 for row in rows)
     synthetic = data.scan_dataset(small_synthetic)
@@ -109,14 +104,14 @@ def test_study_cli_writes_its_pictures_and_tables(two_product_root, small_synthe
     for name in ("pca_variance", "tsne_categories", "tsne_defects", "kmeans_elbow", "scores_flanges",
                  "scores_gradients"):
         assert (tmp_path / f"{name}.png").stat().st_size > 0
-    images = read_csv(tmp_path / "images.csv")
+    images = read_csv_rows(tmp_path / "images.csv")
     synthetic = data.scan_dataset(small_synthetic)
     n_train = len(synthetic.train) + 20
     assert len(images) == n_train + len(synthetic.test) + 8
     assert sum(int(row["gmm_outlier"]) for row in images) == round(0.05 * n_train)
     assert all(row["detector_score"] == "" for row in images if row["split"] == "train")
-    assert len(read_csv(tmp_path / "kmeans_elbow.csv")) == 4
-    categories = {row["category"]: row for row in read_csv(tmp_path / "categories.csv")}
+    assert len(read_csv_rows(tmp_path / "kmeans_elbow.csv")) == 4
+    categories = {row["category"]: row for row in read_csv_rows(tmp_path / "categories.csv")}
     assert categories["gradients"]["image_auroc"] == ""  # no defective test images to rank
     assert 0 <= float(categories["flanges"]["image_auroc"]) <= 1
 
@@ -129,11 +124,11 @@ def test_model_study_confusion_matrix_matches_test_py(small_synthetic, tmp_path,
     metrics = json.loads((test_cli.main([]) / "metrics.json").read_text())
     analyze.main(["-p", "saved_models/latest", "--clusters", "3", "--out", "analysis"])
     matrix = [[int(row["predicted_good"]), int(row["predicted_defective"])]
-              for row in read_csv(tmp_path / "analysis" / "confusion_matrix.csv")]
+              for row in read_csv_rows(tmp_path / "analysis" / "confusion_matrix.csv")]
     assert matrix == metrics["evaluation_set"]["confusion_matrix"]
     assert (tmp_path / "analysis" / "confusion_matrix.png").stat().st_size > 0
     synthetic = data.scan_dataset(small_synthetic)
-    assert len(read_csv(tmp_path / "analysis" / "images.csv")) == len(synthetic.train) + len(synthetic.test)
+    assert len(read_csv_rows(tmp_path / "analysis" / "images.csv")) == len(synthetic.train) + len(synthetic.test)
     with pytest.raises(SystemExit):
         analyze.main(["-p", "saved_models/latest", "--size", "128"])
     assert "--size 128 differs from the model's input size 64" in capsys.readouterr().err

@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.chart import save_chart  # noqa: E402
 from bench.readme import END, START, results_markdown, update_readme  # noqa: E402
+from tests.tables import read_csv_rows  # noqa: E402
 
 ROWS = [
     {"method": "padim-lite0", "category": "a/x", "image_auroc": 0.9, "pixel_auroc": 0.8, "aupro": 0.7, "infer_img_s": 10.0},
@@ -64,13 +65,6 @@ def test_one_row_in_its_own_process_from_a_relative_data_root(small_synthetic, t
         run_in_own_process("mvtecCAE", "missing", "root", tmp_path / "work", [])
 
 
-def read_rows(path):
-    import csv
-
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
 def test_leave_one_out_bench_tables_every_embedder_and_detector(two_product_root, tmp_path, monkeypatch):
     """Backbone and trained (MAE) embedders over a root of two products: one row per embedder and detector,
     one AUROC column per held-out category; the backbone tells the products apart."""
@@ -85,7 +79,7 @@ def test_leave_one_out_bench_tables_every_embedder_and_detector(two_product_root
     leave_one_out.main(["--data-root", "root", "--embedders", "backbone-lite0", "mae-128", "--detectors", "knn",
                         "cosine", "--size", "64", "--train-args", "--size 64 -e 1", "--out", str(out),
                         "--workdir", str(tmp_path / "runs")])
-    rows = read_rows(out.with_suffix(".csv"))
+    rows = read_csv_rows(out.with_suffix(".csv"))
     assert [(row["embedder"], row["detector"]) for row in rows] == [
         ("backbone-lite0", "knn"), ("backbone-lite0", "cosine"), ("mae-128", "knn"), ("mae-128", "cosine")]
     held_out = ("shop/gradients", "shop/flanges")  # fewest training images first
@@ -100,7 +94,7 @@ def test_leave_one_out_bench_tables_every_embedder_and_detector(two_product_root
     # Measuring one embedder again replaces its rows and keeps the others.
     leave_one_out.main(["--data-root", "root", "--embedders", "backbone-lite0", "--detectors", "gmm", "--size", "64",
                         "--out", str(out)])
-    again = read_rows(out.with_suffix(".csv"))
+    again = read_csv_rows(out.with_suffix(".csv"))
     assert [(row["embedder"], row["detector"]) for row in again] == [
         ("mae-128", "knn"), ("mae-128", "cosine"), ("backbone-lite0", "gmm")]
 

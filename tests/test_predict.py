@@ -1,5 +1,4 @@
 """predict.py: scoring a folder of new images with a finetuned model, bad files, tiling, user errors."""
-import csv
 import json
 import os
 import shutil
@@ -15,6 +14,7 @@ from processing import prediction, runs
 from processing.errors import UserError
 from processing.segmentation import segment
 from processing.tiling import Tiling
+from tests.tables import read_csv_rows
 from tests.test_cli import run_cli
 
 
@@ -53,8 +53,7 @@ def inbox(small_synthetic, tmp_path):
 
 
 def read_rows(folder):
-    with (folder / prediction.CSV_FILE).open(newline="") as handle:
-        return {os.path.basename(row["path"]): row for row in csv.DictReader(handle)}
+    return {os.path.basename(row["path"]): row for row in read_csv_rows(folder / prediction.CSV_FILE)}
 
 
 def test_a_folder_is_scored_and_bad_files_are_skipped(finetuned_run, loaded, inbox, tmp_path, capsys):
