@@ -19,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 SHARED_DATA = ROOT.parent / "shared" / "data"
 COLUMNS = ("method", "category", "image_auroc", "pixel_auroc", "aupro", "image_f1_max", "eval_f1",
-           "train_s", "train_img_s", "infer_img_s", "peak_mem_mb")
+           "train_s", "train_img_s", "infer_img_s", "peak_mem_mb", "cpu")
 
 
 def categories(data_root, selected=None):
@@ -71,6 +71,8 @@ def run_one(method, category, data_root, workdir, train_args=()):
 
 def row_from_run(method, category, run_dir, results_dir, train_seconds):
     """One row of COLUMNS from a finished run folder and its test results folder."""
+    from processing import runs
+
     run = json.loads((run_dir / "run.json").read_text())
     metrics = json.loads((results_dir / "metrics.json").read_text())
     full, evaluation = metrics["full_test_set"], metrics.get("evaluation_set", {})
@@ -82,6 +84,7 @@ def row_from_run(method, category, run_dir, results_dir, train_seconds):
         "train_s": train_seconds, "train_img_s": max(rates) if rates else None,
         "infer_img_s": metrics["inference_images_per_second"],
         "peak_mem_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "cpu": runs.cpu_model(),  # rows gathered over time on different machines keep their own
     }
 
 
@@ -104,7 +107,8 @@ def _cell(value):
 
 RUN_NOTE = ("Threshold-free metrics on the full test set; eval_f1 at the finetuned threshold on the evaluation "
             "split. peak_mem_mb is the peak resident memory of the row's own process (train + finetune + test; "
-            "'-' for rows measured before rows had a process each).")
+            "'-' for rows measured before rows had a process each). cpu is the processor the row ran on ('-' for rows "
+            "measured before it was recorded); the Machine line above is the one that wrote the table.")
 
 
 def write_table(rows, out_stem, title, appendix="", columns=COLUMNS, note=RUN_NOTE):

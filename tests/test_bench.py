@@ -1,4 +1,5 @@
 """The benchmark's outputs: README table generation between markers, and the chart PNG."""
+import platform
 import sys
 from pathlib import Path
 
@@ -53,6 +54,7 @@ def test_one_row_in_its_own_process_from_a_relative_data_root(small_synthetic, t
     """A row runs in a spawned process and its own folder: a --data-root relative to where the bench
     started must still resolve, and a user error comes back as UserError."""
     from bench.run import run_in_own_process
+    from processing import runs
     from processing.errors import UserError
 
     (tmp_path / "root").mkdir()
@@ -61,6 +63,7 @@ def test_one_row_in_its_own_process_from_a_relative_data_root(small_synthetic, t
     row = run_in_own_process("mvtecCAE", "synthetic", "root", tmp_path / "work", ["--size", "64", "-e", "1", "-b", "16"])
     assert row["category"] == "synthetic" and 0 <= row["image_auroc"] <= 1 and row["train_s"] > 0
     assert row["infer_img_s"] > 0 and row["peak_mem_mb"] > 100  # TensorFlow alone takes a few hundred MB
+    assert row["cpu"] == runs.cpu_model()
     with pytest.raises(UserError, match="dataset folder not found"):
         run_in_own_process("mvtecCAE", "missing", "root", tmp_path / "work", [])
 
@@ -108,3 +111,15 @@ def test_leave_one_out_bench_needs_two_categories(small_synthetic, tmp_path, cap
         leave_one_out.main(["--data-root", str(tmp_path), "--out", str(tmp_path / "loco")])
     assert exit_info.value.code == 2 and "at least two categories" in capsys.readouterr().err
     assert not (tmp_path / "loco.csv").exists()
+
+
+def test_each_row_names_its_processor_and_vector_extension(tmp_path):
+    from processing import runs
+
+    cpuinfo = tmp_path / "cpuinfo"
+    block = "processor\t: {}\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu sse2 avx2 {}\n\n"
+    cpuinfo.write_text(block.format(0, "avx512f avx512_bf16") + block.format(1, "avx512f avx512_bf16"))
+    assert runs.cpu_model(cpuinfo) == "AMD EPYC 9R14, AVX-512"
+    cpuinfo.write_text(block.format(0, ""))
+    assert runs.cpu_model(cpuinfo) == "AMD EPYC 9R14, AVX2"
+    assert runs.cpu_model(tmp_path / "missing") == (platform.processor() or "unknown processor")
