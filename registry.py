@@ -24,7 +24,8 @@ def _patchcore(config):
     from memorybank.patchcore import PatchCore
 
     return PatchCore(backbone=config.backbone, feature_strides=config.options["feature_strides"],
-                     coreset_ratio=config.options["coreset_ratio"], input_size=config.size, channels=config.channels)
+                     coreset_ratio=config.options["coreset_ratio"], score_neighbours=config.options["score_neighbours"],
+                     input_size=config.size, channels=config.channels)
 
 
 def _padim(config):
@@ -41,6 +42,9 @@ def _memorybank_arguments(parser):
                        help="patchcore, padim: backbone stages (by stride: 4 8 16 32) whose features are concatenated; "
                             "16 32 sees larger regions (textures, large defects) and runs about 15 %% slower")
     group.add_argument("--coreset-ratio", type=float, default=0.1, help="patchcore: fraction of patch features kept")
+    group.add_argument("--score-neighbours", type=int, default=1,
+                       help="patchcore: reweight the image score by the b bank features nearest to the worst patch's "
+                            "match (the paper's eq. 7 uses 9); 1 keeps the plain max patch score")
     group.add_argument("--padim-features", type=int, default=100, help="padim: random feature channels kept")
 
 

@@ -53,6 +53,10 @@ VARIANTS = {
     # The deeper stride-16/32 features: larger receptive fields for textures and large defects.
     "patchcore-lite0-s16-32": ("patchcore", "--backbone lite0 --coreset-ratio 0.01 --feature-strides 16 32"),
     "padim-lite0-s16-32": ("padim", "--backbone lite0 --feature-strides 16 32"),
+    # The paper's image-score reweighting over 9 bank neighbours (anomalib's default), on both feature depths.
+    "patchcore-lite0-nb9": ("patchcore", "--backbone lite0 --coreset-ratio 0.01 --score-neighbours 9"),
+    "patchcore-lite0-s16-32-nb9": ("patchcore", "--backbone lite0 --coreset-ratio 0.01 --feature-strides 16 32 "
+                                                "--score-neighbours 9"),
     # CutPaste at 256 px with its default schedule (10 epochs, cut to about 25 min of training on 2 cores).
     "cutpaste-3way": ("cutpaste", "--size 256 --cutpaste-variant 3way"),
     "cutpaste-binary": ("cutpaste", "--size 256 --cutpaste-variant binary"),

