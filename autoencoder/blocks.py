@@ -26,8 +26,12 @@ def up_conv(x, filters, kernel=4):
 def residual(x, filters, strides=1):
     """Two 3x3 convs with an identity (or 1x1 projection) shortcut."""
     shortcut = x
+    if strides != 1:
+        # Subsampling then a 1x1 conv is the strided 1x1 conv, without it: training a Conv2D with a 1x1
+        # kernel and stride 2 crashes TensorFlow 2.21's oneDNN kernels on AVX-512 CPUs (segfault/abort).
+        shortcut = layers.MaxPooling2D(pool_size=1, strides=strides, padding="same")(shortcut)
     if strides != 1 or x.shape[-1] != filters:
-        shortcut = layers.Conv2D(filters, 1, strides=strides, padding="same", use_bias=False)(x)
+        shortcut = layers.Conv2D(filters, 1, padding="same", use_bias=False)(shortcut)
         shortcut = layers.BatchNormalization(momentum=BN_MOMENTUM)(shortcut)
     y = conv(x, filters, 3, strides)
     y = layers.Conv2D(filters, 3, padding="same", use_bias=False)(y)

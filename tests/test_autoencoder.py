@@ -68,6 +68,44 @@ def test_loss_falls_when_training(small_synthetic):
     assert history[-1] < 0.8 * history[0]
 
 
+@pytest.mark.parametrize("architecture", list(ARCHITECTURES))
+def test_every_architecture_trains_a_few_steps(architecture):
+    keras.utils.set_random_seed(0)
+    model = AutoencoderDetector(architecture=architecture, input_size=32, channels=1, loss_name="l2")
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    x = np.random.default_rng(0).random((32, 32, 32, 1)).astype(np.float32)
+    history = model.fit(x, x, batch_size=8, epochs=2, verbose=0).history["loss"]
+    assert np.all(np.isfinite(history)) and history[-1] < history[0]
+
+
+def test_a_strided_residual_block_trains_without_crashing():
+    """Training a 1x1 stride-2 Conv2D crashes TensorFlow's oneDNN kernels on AVX-512 CPUs (segfault or
+    abort, the whole process); resnetCAE's downsampling blocks must avoid it."""
+    from autoencoder import blocks
+
+    keras.utils.set_random_seed(0)
+    images = keras.Input((64, 64, 1))
+    model = keras.Model(images, keras.layers.Conv2D(1, 1)(blocks.residual(images, 16, strides=2)))
+    model.compile(optimizer="adam", loss="mse")
+    x = np.random.default_rng(0).random((192, 64, 64, 1)).astype(np.float32)
+    target = x[:, ::2, ::2]
+    history = model.fit(x, target, batch_size=16, epochs=3, verbose=0).history["loss"]
+    assert history[-1] < history[0]
+
+
+def test_strided_residual_shortcut_equals_a_strided_1x1_convolution():
+    from autoencoder import blocks
+
+    images = keras.Input((8, 8, 3))
+    block = keras.Model(images, blocks.residual(images, 4, strides=2))
+    subsample = next(layer for layer in block.layers if isinstance(layer, keras.layers.MaxPooling2D))
+    projection = next(layer for layer in block.layers
+                      if isinstance(layer, keras.layers.Conv2D) and layer.kernel_size == (1, 1))
+    x = np.random.default_rng(1).random((2, 8, 8, 3)).astype(np.float32)
+    expected = np.einsum("nhwc,cf->nhwf", x[:, ::2, ::2], ops.convert_to_numpy(projection.kernel)[0, 0])
+    np.testing.assert_allclose(ops.convert_to_numpy(projection(subsample(x))), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_residual_kind_can_be_switched_but_not_to_unknown():
     model = AutoencoderDetector(architecture="baselineCAE", input_size=32, channels=1, loss_name="ssim")
     assert model.map_options() == {"residual": "ssim"}
