@@ -177,7 +177,9 @@ class DeepSVDD(AnomalyModel):
             patches = ops.reshape(patches, (-1, self.patch_size, self.patch_size, self.channels))
             return patches, patches
 
-        history = autoencoder.fit(train_ds.map(as_pairs), epochs=self.pretrain_epochs, verbose=0).history["loss"]
+        # shuffle=False: train_ds is shuffled by its pipeline (Keras would only warn that it ignores the flag).
+        history = autoencoder.fit(train_ds.map(as_pairs), epochs=self.pretrain_epochs, shuffle=False,
+                                  verbose=0).history["loss"]
         report(f"deepsvdd autoencoder pretraining: {self.pretrain_epochs} epochs, patch L2 loss "
                f"{history[0]:.4f} -> {history[-1]:.4f}")
 
