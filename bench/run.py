@@ -57,7 +57,7 @@ VARIANTS = {
     "patchcore-lite0-nb9": ("patchcore", "--backbone lite0 --coreset-ratio 0.01 --score-neighbours 9"),
     "patchcore-lite0-s16-32-nb9": ("patchcore", "--backbone lite0 --coreset-ratio 0.01 --feature-strides 16 32 "
                                                 "--score-neighbours 9"),
-    # CutPaste at 256 px with its default schedule (10 epochs, cut to about 25 min of training on 2 cores).
+    # CutPaste at 256 px with its default schedule (10 epochs, cut to about 25 min of training on a slow 2-core CPU).
     "cutpaste-3way": ("cutpaste", "--size 256 --cutpaste-variant 3way"),
     "cutpaste-binary": ("cutpaste", "--size 256 --cutpaste-variant binary"),
     # SimCLR and DINO fine-tune the Lite0 embedder for 5 epochs at batch 32 (about 1 s per image per epoch).

@@ -48,7 +48,8 @@ VALIDATION_GENERATION = -1  # the fixed pretext set of validation images
 EMBED_CHUNK = 256  # images or patches per backbone call: bounds memory at any input size
 DENSITIES = ("image", "patch")
 PATCH_FIT_IMAGES = 100  # normal images whose patches fit the patch density (see calibrate)
-PRETEXT_PIXEL_BUDGET = 5000 * 256 ** 2  # pretext images x pixels the default schedule trains on (~25 min on 2 cores)
+# Pretext images x pixels the default schedule trains on: ~25 min on a slow 2-core CPU, ~5 on an AVX-512 one.
+PRETEXT_PIXEL_BUDGET = 5000 * 256 ** 2
 
 
 @keras.saving.register_keras_serializable(package="selfsup")
@@ -132,7 +133,7 @@ class CutPaste(AnomalyModel):
         epochs = int(min(self.default_epochs, max(1, PRETEXT_PIXEL_BUDGET // max(1, pixels_per_epoch))))
         if epochs < self.default_epochs:
             report(f"cutpaste: default schedule cut to {epochs} of {self.default_epochs} epochs for {n_train_images} "
-                   f"training images of {self.input_size} px (a ~25-minute CPU budget); pass -e for more")
+                   f"training images of {self.input_size} px (about 25 minutes on a slow 2-core CPU); pass -e for more")
         return epochs
 
     def make_optimizer(self, learning_rate, steps_per_epoch, epochs):
