@@ -92,12 +92,16 @@ def predict(config):
     model = run.load_model()  # after the checks above: loading takes seconds
     if tuned:
         model.configure_maps(**tuned.get("map_options", {}))
-    predictor = prediction.Predictor(model, threshold, min_area, tiling)
+    whole_image_size = None if tiling else run.working_size(None)  # a CenterCrop when trained with --center-crop
+    predictor = prediction.Predictor(model, threshold, min_area, tiling, whole_image_size)
     out = output_folder(config)
     header = {"model": str(run.model_path), "method": run.method, "threshold": threshold, "min_area": min_area,
-              "tiling": tiling.to_json() if tiling else None, "boxes": prediction.BOX_CONVENTION}
-    tiled = f" in {tiling.tile} px tiles (overlap {tiling.overlap})" if tiling else ""
-    report(f"predicting {len(paths)} files with {run.method}{tiled}, threshold {threshold:.5g}, min-area {min_area} px")
+              "tiling": tiling.to_json() if tiling else None, "center_crop": None if tiling else run.center_crop,
+              "boxes": prediction.BOX_CONVENTION}
+    applied = f" in {tiling.tile} px tiles (overlap {tiling.overlap})" if tiling else ""
+    if run.center_crop and not tiling:
+        applied = f" to the central {run.center_crop:g} of each image side (trained with --center-crop)"
+    report(f"predicting {len(paths)} files with {run.method}{applied}, threshold {threshold:.5g}, min-area {min_area} px")
 
     counts = {"files": len(paths), "scored": 0, "anomalous": 0, "skipped": 0}
     scoring_started = last_report = time.perf_counter()

@@ -34,6 +34,7 @@ class TrainConfig:
     batch_size: int | None  # None: the method's default (AnomalyModel.default_*), filled in by train()
     epochs: int | None
     size: int | None
+    center_crop: float | None  # --center-crop: the part of each image side kept (data.CenterCrop)
     tile: int | None  # --tile: the model trains on tiles of this size of the images at their own resolution
     overlap: int | None
     seed: int
@@ -68,7 +69,11 @@ def parse_args(argv=None):
     parser.add_argument("-b", "--batch-size", type=int, default=None, help="default: the method's (16 for autoencoders)")
     parser.add_argument("-e", "--epochs", type=int, default=None,
                         help="maximum epochs (early stopping may end sooner); default: the method's (50 for autoencoders)")
-    parser.add_argument("--size", type=int, default=None, help="input size in pixels (default: the images' own size)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="input size in pixels (default: the images' own size, times --center-crop)")
+    parser.add_argument("--center-crop", type=float, default=None, metavar="FRACTION",
+                        help="keep only the central FRACTION of each image side, for training and evaluation "
+                             "(0.875 = anomalib's 256 -> 224 crop); defects in the cut border go unseen")
     parser.add_argument("--tile", type=int, default=None,
                         help="train on overlapping tiles of this size (the input size) of the full-size images")
     parser.add_argument("--overlap", type=int, default=None, help="overlap of neighbouring tiles in pixels (default: tile / 4)")
@@ -114,14 +119,19 @@ def apply_method_defaults(config, model):
 
 def resolve_sizes(config, dataset, tiling):
     """Set the model's input size (and the overlap used) in `config`; return the size images load at:
-    the input size, or with tiling the first training image's own (height, width)."""
+    the input size, a data.CenterCrop to it, or with tiling the first training image's own (height, width)."""
     from processing import data
 
+    if tiling is None and config.center_crop is not None:
+        config.size = config.size or int(round(data.native_size(dataset) * config.center_crop))
+        return data.CenterCrop.keeping(config.center_crop, config.size)
     if tiling is None:
         config.size = config.size or data.native_size(dataset)
         return config.size
     if config.size is not None:
         raise UserError("--size and --tile exclude each other: with --tile the model's input size is the tile size")
+    if config.center_crop is not None:
+        raise UserError("--center-crop and --tile exclude each other: tiles cover the whole image; drop one")
     image_size = data.native_shape(dataset)
     if min(image_size) < tiling.tile:
         raise UserError(f"--tile {tiling.tile} is larger than the training images ({image_size[0]}x{image_size[1]} px); "
@@ -254,6 +264,8 @@ def train(config):
     tiles_per_image = tiling.count(*image_size) if tiling else 1
     resolution = f"{image_size[0]}x{image_size[1]}px in {tiles_per_image} tiles of {config.size}px" if tiling \
         else f"{config.size}px"
+    if config.center_crop is not None:
+        resolution += f" (the central {config.center_crop:g} of {image_size.resize[0]}px images)"
     report(f"dataset {name}: {len(train_samples)} train, {len(val_samples)} validation, "
            f"{len(finetune_samples)} finetune, {len(evaluation_samples)} evaluation images at {resolution} {config.color}")
 
@@ -288,8 +300,9 @@ def train(config):
                                                    config.channels, 8, tiling=tiling)))
         save_image_grid(run_dir / "inspect_validation.png", model.inspection_rows(first_batch.numpy()))
         if tiling is None:  # whole images, so that every picture has one label
-            normal_images, _ = data.load_arrays(dataset, train_samples[:INSPECTED_NORMAL_IMAGES], config.size, config.channels)
-            test_images, _ = data.load_arrays(dataset, finetune_samples, config.size, config.channels)
+            normal_images, _ = data.load_arrays(dataset, train_samples[:INSPECTED_NORMAL_IMAGES], image_size,
+                                                config.channels)
+            test_images, _ = data.load_arrays(dataset, finetune_samples, image_size, config.channels)
             model.inspection_plots(run_dir, normal_images, test_images, [s.defect for s in finetune_samples])
 
     runs.save_model(model, run_dir)

@@ -57,6 +57,11 @@ VARIANTS = {
     "patchcore-lite0-nb9": ("patchcore", "--backbone lite0 --coreset-ratio 0.01 --score-neighbours 9"),
     "patchcore-lite0-s16-32-nb9": ("patchcore", "--backbone lite0 --coreset-ratio 0.01 --feature-strides 16 32 "
                                                 "--score-neighbours 9"),
+    # anomalib's protocol: images resized to 256, the central 224 kept (model input, masks and metrics alike).
+    "patchcore-lite0-crop": ("patchcore", "--backbone lite0 --coreset-ratio 0.01 --center-crop 0.875"),
+    "padim-lite0-crop": ("padim", "--backbone lite0 --center-crop 0.875"),
+    "patchcore-lite0-s16-32-crop": ("patchcore", "--backbone lite0 --coreset-ratio 0.01 --feature-strides 16 32 "
+                                                 "--center-crop 0.875"),
     # CutPaste at 256 px with its default schedule (10 epochs, cut to about 25 min of training on a slow 2-core CPU).
     "cutpaste-3way": ("cutpaste", "--size 256 --cutpaste-variant 3way"),
     "cutpaste-binary": ("cutpaste", "--size 256 --cutpaste-variant binary"),

@@ -173,8 +173,44 @@ def samples_from_json(items):
 
 # ---------------------------------------------------------------- tf.data
 
+@dataclass(frozen=True)
+class CenterCrop:
+    """Images resized to `resize` (height, width), then only their central `crop` (height, width) kept:
+    anomalib's Resize + CenterCrop (256 -> 224 for PatchCore and PaDiM). Masks are cropped alike, so
+    the outer ring of every image is neither seen by the model nor evaluated."""
+    resize: tuple
+    crop: tuple
+
+    @classmethod
+    def keeping(cls, fraction, crop_side):
+        """The central `fraction` of each side, resized so that it is `crop_side` px square."""
+        if not 0 < fraction <= 1:
+            raise UserError(f"--center-crop must be in (0, 1], the part of each side kept; got {fraction:g}")
+        side = int(round(crop_side / fraction))
+        return cls((side, side), (crop_side, crop_side))
+
+    @property
+    def offset(self):
+        """(top, left) of the kept part in the resized image."""
+        return (self.resize[0] - self.crop[0]) // 2, (self.resize[1] - self.crop[1]) // 2
+
+    def box(self, height, width):
+        """(top, left, bottom, right) of the kept part in the pixels of an image of (height, width)."""
+        scale_y, scale_x = height / self.resize[0], width / self.resize[1]
+        top, left = self.offset
+        return (round(top * scale_y), round(left * scale_x),
+                round((top + self.crop[0]) * scale_y), round((left + self.crop[1]) * scale_x))
+
+    def apply(self, image):
+        """Crop an (H, W, ...) tensor or array already resized to `resize`."""
+        top, left = self.offset
+        return image[top:top + self.crop[0], left:left + self.crop[1]]
+
+
 def pixel_shape(size):
-    """(height, width) of a size given as one side (square) or as (height, width)."""
+    """(height, width) of a size given as one side (square), as (height, width) or as a CenterCrop (its crop)."""
+    if isinstance(size, CenterCrop):
+        return size.crop
     return (size, size) if np.ndim(size) == 0 else tuple(size)
 
 
@@ -205,9 +241,11 @@ def _pil_decode(path, channels):
 
 
 def resize_image(image, size):
-    """Resize to `size` (a side, or (height, width)): bilinear, antialiased, clipped to [0, 1]."""
+    """Resize to `size` (a side, (height, width) or a CenterCrop): bilinear, antialiased, clipped to [0, 1]."""
     import tensorflow as tf
 
+    if isinstance(size, CenterCrop):
+        return size.apply(resize_image(image, size.resize))
     height, width = pixel_shape(size)
     image = tf.image.resize(image, (height, width), method="bilinear", antialias=True)
     image.set_shape((height, width, image.shape[-1]))
@@ -221,6 +259,8 @@ def _decode(path, channels, size):
 def _decode_mask(path, size):
     import tensorflow as tf
 
+    if isinstance(size, CenterCrop):
+        return size.apply(_decode_mask(path, size.resize))
     height, width = pixel_shape(size)
     mask = tf.image.resize(decode_image(path, 1), (height, width), method="nearest")
     mask.set_shape((height, width, 1))
@@ -263,7 +303,7 @@ def image_dataset(dataset, samples, size, channels, batch_size, shuffle=False, s
 
 
 def load_arrays(dataset, samples, size, channels):
-    """Images (N, H, W, C) float32 and masks (N, H, W) bool, aligned with `samples`; `size` is H = W or (H, W)."""
+    """Images (N, H, W, C) float32 and masks (N, H, W) bool, aligned with `samples`; `size` as in pixel_shape."""
     import tensorflow as tf
 
     images = np.stack([_decode(dataset.absolute(s.path), channels, size).numpy() for s in samples]) \

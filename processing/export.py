@@ -3,7 +3,8 @@
 The exported graph takes uint8 images of shape (N, S, S, C), any N, at the model's input size S and
 channels C, and returns `anomaly_map` (N, S, S) float32 and `score` (N,) float32, equal to the Keras
 model's `anomaly_map` and `score` (the score's smoothing is inside the graph). Resizing is the
-caller's job: resize to S x S as processing/data does (bilinear, antialiased) before calling, so the
+caller's job: resize to S x S as processing/data does (bilinear, antialiased; for a model trained with
+--center-crop, resize larger and keep the centre, as metadata.json says) before calling, so the
 exported model sees what the Keras model saw when it was finetuned and tested. The threshold and
 min-area are not in the graph (DESIGN.md: thresholds never go inside the model); they are written to
 `metadata.json` beside the exported file.
@@ -91,11 +92,15 @@ def export(run, format_name, out_dir=None):
 def metadata(run, model, tuned, format_name):
     """What a deployment needs beside the graph: how to feed it, what it returns, how to threshold it."""
     size, channels = model.input_size, model.channels
+    resizing = f"the caller resizes images to {size}x{size} (bilinear, antialiased)"
+    if run.center_crop:
+        crop = run.working_size(None)
+        resizing = (f"the caller resizes images to {crop.resize[0]}x{crop.resize[1]} (bilinear, antialiased) and "
+                    f"keeps the central {size}x{size} (the model was trained with --center-crop {run.center_crop:g})")
     info = {
         "method": model.method_name, "format": format_name, "file": EXPORTED_FILE[format_name],
         "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": [None, size, size, channels],
-                  "preprocessing": f"the caller resizes images to {size}x{size} (bilinear, antialiased); "
-                                   "the graph scales uint8 to [0, 1]"},
+                  "preprocessing": f"{resizing}; the graph scales uint8 to [0, 1]"},
         "outputs": {MAP_OUTPUT: "(N, H, W) float32, higher = more anomalous", SCORE_OUTPUT: "(N,) float32"},
         "input_size": size, "channels": channels, "map_options": model.map_options(),
         "threshold": tuned["threshold"] if tuned else None, "min_area": tuned["min_area"] if tuned else None,

@@ -142,16 +142,21 @@ class Prediction:
 
 
 class Predictor:
-    """A model with its finetuned threshold and min-area (and tiling): images of any size -> Predictions."""
+    """A model with its finetuned threshold and min-area (and tiling): images of any size -> Predictions.
 
-    def __init__(self, model, threshold, min_area, tiling=None):
+    Untiled images are resized to `size`: the model's input size unless given (a data.CenterCrop for a
+    model trained with --center-crop).
+    """
+
+    def __init__(self, model, threshold, min_area, tiling=None, size=None):
         self.model, self.threshold, self.min_area, self.tiling = model, threshold, min_area, tiling
+        self.size = model.input_size if size is None else size
 
     def working_image(self, image):
-        """The image as the model is applied to it: resized to the input size, or as it is when tiled."""
+        """The image as the model is applied to it: resized (and cropped) to the input size, or as it is when tiled."""
         if self.tiling is not None:
             return image
-        return data.resize_image(image, self.model.input_size).numpy()
+        return data.resize_image(image, self.size).numpy()
 
     def predict(self, images):
         """Predictions for a list of (H, W, C) images, sizes may differ."""
@@ -167,9 +172,16 @@ class Predictor:
         predictions = []
         for image, anomaly_map, score in zip(images, maps, scores):
             predicted_masks, _, _ = segment(anomaly_map[None], self.threshold, self.min_area)
-            regions = regions_in_original_pixels(predicted_masks[0], *image.shape[:2])
+            regions = regions_in_original_pixels(predicted_masks[0], *image.shape[:2], self._seen_box(image))
             predictions.append(Prediction(float(score), anomaly_map, predicted_masks[0], regions))
         return predictions
+
+    def _seen_box(self, image):
+        """(top, left, bottom, right) of the part of `image` the model saw, in its pixels."""
+        height, width = image.shape[:2]
+        if self.tiling is None and isinstance(self.size, data.CenterCrop):
+            return self.size.box(height, width)
+        return 0, 0, height, width
 
 
 def resample_labels(labelled, height, width):
@@ -185,11 +197,16 @@ def resample_labels(labelled, height, width):
     return labelled
 
 
-def regions_in_original_pixels(predicted_mask, height, width):
-    """Connected regions of a (h, w) mask as boxes and areas in pixels of an image of (height, width)."""
-    labelled = resample_labels(label_regions(predicted_mask), height, width)
-    return [{"x_min": int(region.bbox[1]), "y_min": int(region.bbox[0]), "x_max": int(region.bbox[3]),
-             "y_max": int(region.bbox[2]), "area": int(region.area)} for region in regionprops(labelled)]
+def regions_in_original_pixels(predicted_mask, height, width, seen_box=None):
+    """Connected regions of a (h, w) mask as boxes and areas in pixels of an image of (height, width).
+
+    The mask covers `seen_box` (top, left, bottom, right) of the image: all of it unless given.
+    """
+    top, left, bottom, right = seen_box or (0, 0, height, width)
+    labelled = resample_labels(label_regions(predicted_mask), bottom - top, right - left)
+    return [{"x_min": left + int(region.bbox[1]), "y_min": top + int(region.bbox[0]),
+             "x_max": left + int(region.bbox[3]), "y_max": top + int(region.bbox[2]), "area": int(region.area)}
+            for region in regionprops(labelled)]
 
 
 # ---------------------------------------------------------------- results

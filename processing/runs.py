@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 
 from processing import atomic
-from processing.data import PROJECT_ROOT, Dataset, native_shape, samples_from_json
+from processing.data import PROJECT_ROOT, CenterCrop, Dataset, native_shape, samples_from_json
 from processing.errors import UserError
 from processing.tiling import Tiling
 
@@ -127,6 +127,7 @@ class Run:
         self.evaluation_samples = samples_from_json(splits["evaluation"])
         self.size, self.channels = self.info["input_size"], self.info["channels"]
         self.tiling = Tiling.from_json(self.info.get("tiling"))  # None: trained on whole resized images
+        self.center_crop = self.info.get("config", {}).get("center_crop")  # None: whole images
 
     @functools.cached_property
     def dataset(self):
@@ -148,9 +149,10 @@ class Run:
         return Tiling.from_flags(tile, overlap)
 
     def working_size(self, tiling):
-        """Size test images load at: the input size, or with tiling the training images' (height, width)."""
+        """Size test images load at: the input size (a CenterCrop to it if trained so), or with tiling the
+        training images' (height, width)."""
         if tiling is None:
-            return self.size
+            return CenterCrop.keeping(self.center_crop, self.size) if self.center_crop else self.size
         if self.tiling:
             return tuple(self.info["tiling"]["image_size"])
         return native_shape(self.dataset)
