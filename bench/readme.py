@@ -1,22 +1,28 @@
-"""Regenerate README.md's results table from the benchmark rows (between the bench-table markers).
+"""Regenerate README.md's results tables from the benchmark rows (each between its markers).
 
-One row per method variant, one column per category, cells "image AUROC / pixel AUROC / AUPRO",
-plus the median inference speed. The rest of the README is left untouched; the file is replaced
-atomically.
+The results table: one row per method variant, one column per category, cells "image AUROC / pixel
+AUROC / AUPRO", plus the median inference speed. The anomalib table: per category, anomalib's
+PatchCore and PaDiM figures beside ours. The rest of the README is left untouched; the file is
+replaced atomically.
 """
 from pathlib import Path
 
 import numpy as np
 
+from bench.published import ANOMALIB
 from processing import atomic, runs
 
 START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
+ANOMALIB_START, ANOMALIB_END = "<!-- anomalib-table:start -->", "<!-- anomalib-table:end -->"
+METRICS = ("image_auroc", "pixel_auroc", "aupro")
+# Our variants shown beside anomalib's figures: on anomalib's 224 px centre crop, then on whole images.
+BESIDE_ANOMALIB = {"patchcore": ("patchcore-lite0-crop", "patchcore-lite0"), "padim": ("padim-lite0-crop", "padim-lite0")}
 
 
 def _cell(row):
     if row is None:
         return "-"
-    return " / ".join("-" if row.get(k) is None else f"{row[k]:.3f}" for k in ("image_auroc", "pixel_auroc", "aupro"))
+    return " / ".join("-" if row.get(k) is None else f"{row[k]:.3f}" for k in METRICS)
 
 
 def results_markdown(rows):
@@ -42,11 +48,41 @@ def results_markdown(rows):
             + "\n".join(lines) + "\n")
 
 
+def anomalib_markdown(rows):
+    """Per category: anomalib's PatchCore and PaDiM figures, each followed by our Lite0 variants
+    (BESIDE_ANOMALIB), then the means over the categories all of them have."""
+    columns = []  # (header, {category: (image AUROC, pixel AUROC, AUPRO)})
+    for method, ours in BESIDE_ANOMALIB.items():
+        columns.append((f"anomalib {method}", ANOMALIB[method]))
+        for variant in ours:
+            columns.append((variant, {row["category"]: tuple(row.get(k) for k in METRICS)
+                                      for row in rows if row["method"] == variant}))
+    categories = sorted(ANOMALIB["patchcore"])
+    lines = ["| category | " + " | ".join(name for name, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for category in categories:
+        lines.append(f"| {category} | " + " | ".join(_figures(figures.get(category)) for _, figures in columns) + " |")
+    complete = [c for c in categories if all(c in figures for _, figures in columns)]
+    means = [tuple(np.mean([figures[c][i] for c in complete]) for i in range(3)) if complete else None
+             for _, figures in columns]
+    lines.append(f"| mean of {len(complete)} | " + " | ".join(_figures(m) for m in means) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _figures(values):
+    return "-" if values is None or any(v is None for v in values) else " / ".join(f"{v:.3f}" for v in values)
+
+
 def update_readme(readme, rows):
     readme = Path(readme)
     text = readme.read_text()
-    if START not in text or END not in text:
-        raise ValueError(f"{readme} lacks the {START} / {END} markers")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    atomic.write_text(readme, f"{head}{START}\n{results_markdown(rows)}{END}{tail}")
+    text = _replace_between(text, START, END, results_markdown(rows), readme)
+    text = _replace_between(text, ANOMALIB_START, ANOMALIB_END, anomalib_markdown(rows), readme)
+    atomic.write_text(readme, text)
+
+
+def _replace_between(text, start, end, body, readme):
+    if start not in text or end not in text:
+        raise ValueError(f"{readme} lacks the {start} / {end} markers")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body}{end}{tail}"

@@ -151,6 +151,7 @@ class PatchFeatureModel(AnomalyModel):
     """
 
     trains_by_gradient = False
+    default_validation_fraction = 0.0  # no epochs to validate: every normal image goes into the statistics
 
     def __init__(self, backbone="lite0", feature_strides=FEATURE_STRIDES, **kwargs):
         super().__init__(**kwargs)

@@ -9,7 +9,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.chart import save_chart  # noqa: E402
-from bench.readme import END, START, results_markdown, update_readme  # noqa: E402
+from bench.published import ANOMALIB  # noqa: E402
+from bench.readme import (  # noqa: E402
+    ANOMALIB_END, ANOMALIB_START, END, START, anomalib_markdown, results_markdown, update_readme)
 from tests.tables import read_csv_rows  # noqa: E402
 
 ROWS = [
@@ -27,13 +29,29 @@ def test_results_markdown_has_one_row_per_method_with_means_and_gaps():
     assert "| 0.600 / 0.500 / 0.400 | - | 0.600 (1/2) | 30.0 |" in cae
 
 
-def test_update_readme_replaces_only_the_marked_section(tmp_path):
+def test_anomalib_table_puts_our_variants_beside_its_figures_and_averages_complete_categories():
+    bottle, cookie = "mvtec_ad/bottle", "lookout_cookies/cookie"
+    rows = [{"method": "padim-lite0", "category": bottle, "image_auroc": 0.9, "pixel_auroc": 0.8, "aupro": 0.7},
+            {"method": "padim-lite0-crop", "category": bottle, "image_auroc": 1.0, "pixel_auroc": 0.9, "aupro": 0.6},
+            {"method": "padim-lite0", "category": cookie, "image_auroc": 0.5, "pixel_auroc": 0.6, "aupro": 0.3}]
+    lines = anomalib_markdown(rows).splitlines()
+    assert lines[0].split(" | ")[4:7] == ["anomalib padim", "padim-lite0-crop", "padim-lite0 |"]
+    bottle_cells = next(line for line in lines if line.startswith(f"| {bottle}")).split(" | ")
+    anomalib_bottle = " / ".join(f"{v:.3f}" for v in ANOMALIB["padim"][bottle])
+    assert bottle_cells[4:7] == [anomalib_bottle, "1.000 / 0.900 / 0.600", "0.900 / 0.800 / 0.700 |"]
+    cookie_cells = next(line for line in lines if line.startswith(f"| {cookie}")).split(" | ")
+    assert cookie_cells[5:7] == ["-", "0.500 / 0.600 / 0.300 |"]
+    assert lines[-1].startswith("| mean of 0 | -")  # no category has every column yet
+
+
+def test_update_readme_replaces_only_the_marked_sections(tmp_path):
     readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{START}\nold table\n{END}\noutro\n")
+    readme.write_text(f"intro\n{START}\nold table\n{END}\nmiddle\n{ANOMALIB_START}\nold\n{ANOMALIB_END}\noutro\n")
     update_readme(readme, ROWS)
     text = readme.read_text()
-    assert text.startswith("intro\n") and text.endswith(f"{END}\noutro\n")
-    assert "old table" not in text and "padim-lite0" in text
+    assert text.startswith("intro\n") and text.endswith(f"{ANOMALIB_END}\noutro\n") and f"{END}\nmiddle\n" in text
+    assert "old table" not in text and "\nold\n" not in text and "padim-lite0" in text
+    assert "| anomalib patchcore |" in text
 
 
 def test_update_readme_without_markers_is_an_error(tmp_path):
