@@ -12,8 +12,8 @@ The 3x3 average counts the zero padding at the border, as the PyTorch reference 
 (AvgPool2d(3, 1, 1), padding included) do: the outermost ring of each stage map shrinks towards zero
 (edges to 6/9, corners to 4/9), and with it the distances there. That matters far more than it looks:
 image borders are where normal images vary most (the part's outline, the frame), and on the bench
-categories the padded average raised PatchCore's image AUROC by up to 0.09 over one that excludes the
-padding (Keras "same" pooling).
+categories the padded average raised PatchCore's mean image AUROC from 0.891 to 0.938 (kolektorsdd
+0.710 -> 0.827) over one that excludes the padding (Keras "same" pooling).
 
 The frozen backbone runs with its BatchNormalizations folded into the convolutions before them
 (`fold_batch_norms`: same features, about 25% faster on CPU).
