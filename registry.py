@@ -25,7 +25,7 @@ def _patchcore(config):
 
     return PatchCore(backbone=config.backbone, feature_strides=config.options["feature_strides"],
                      coreset_ratio=config.options["coreset_ratio"], score_neighbours=config.options["score_neighbours"],
-                     input_size=config.size, channels=config.channels)
+                     seed=config.seed, input_size=config.size, channels=config.channels)
 
 
 def _padim(config):

@@ -33,7 +33,7 @@ from processing.progress import report
 class PatchCore(PatchFeatureModel):
     method_name = "patchcore"
 
-    def __init__(self, coreset_ratio=0.1, score_neighbours=1, bank_size=None, **kwargs):
+    def __init__(self, coreset_ratio=0.1, score_neighbours=1, seed=0, bank_size=None, **kwargs):
         super().__init__(**kwargs)
         if not 0 < coreset_ratio <= 1:
             raise UserError(f"--coreset-ratio must be in (0, 1], got {coreset_ratio}")
@@ -41,13 +41,14 @@ class PatchCore(PatchFeatureModel):
             raise UserError(f"--score-neighbours must be at least 1, got {score_neighbours}")
         self.coreset_ratio = float(coreset_ratio)
         self.score_neighbours = int(score_neighbours)
+        self.seed = int(seed)  # the coreset's random start and projection (train.py --seed)
         self.bank_size = bank_size
         self.memory_bank = self._bank_weight(bank_size) if bank_size else None
         self.built = True  # all state exists (the bank once its size is known); nothing to build on a call
 
     def get_config(self):
         return {**super().get_config(), "coreset_ratio": self.coreset_ratio,
-                "score_neighbours": self.score_neighbours, "bank_size": self.bank_size}
+                "score_neighbours": self.score_neighbours, "seed": self.seed, "bank_size": self.bank_size}
 
     def _bank_weight(self, size):
         return self.add_weight(shape=(size, self.feature_dim), initializer="zeros", trainable=False,
@@ -60,7 +61,7 @@ class PatchCore(PatchFeatureModel):
                f"({len(features)} images x {self.grid_height}x{self.grid_width})")
         started = time.perf_counter()
         try:
-            bank = CoresetMemoryBank(coreset_ratio=self.coreset_ratio).fit(patches).memory_bank_
+            bank = CoresetMemoryBank(coreset_ratio=self.coreset_ratio, random_state=self.seed).fit(patches).memory_bank_
         except UserError as error:
             raise UserError(f"patchcore cannot build its memory bank from {len(features)} training images "
                             f"({len(patches)} patch features): {error}; add training images or raise "

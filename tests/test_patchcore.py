@@ -91,6 +91,17 @@ def test_saved_model_reloads_with_identical_maps(patchcore, images, tmp_path):
         np.testing.assert_array_equal(before, after)
 
 
+def test_the_seed_picks_the_coreset_and_is_saved(patchcore, images, tmp_path):
+    again, other = PatchCore(input_size=SIZE, channels=3), PatchCore(input_size=SIZE, channels=3, seed=1)
+    for model in (again, other):
+        model.calibrate(as_dataset(images[0]))
+    bank = patchcore.memory_bank.numpy()
+    np.testing.assert_array_equal(again.memory_bank.numpy(), bank)
+    assert other.bank_size == patchcore.bank_size and not np.array_equal(other.memory_bank.numpy(), bank)
+    other.save(tmp_path / "model.keras")
+    assert keras.saving.load_model(tmp_path / "model.keras", compile=False).seed == 1
+
+
 def test_grayscale_matches_rgb_of_replicated_gray(small_synthetic):
     gray, held_out = synthetic_images(small_synthetic, channels=1)
     gray_model = PatchCore(input_size=SIZE, channels=1)
