@@ -1,7 +1,8 @@
 """Published figures on the same categories, printed under the benchmark table for comparison.
 
 anomalib's image AUROC / pixel AUROC / AUPRO@0.3 (PatchCore with a 1% coreset), as measured by
-anomalib on these datasets. The papers of the self-supervised methods report only MVTec AD means,
+anomalib on these datasets with its default preprocessing for both methods (resize to 256, centre
+crop 224: the `-crop` variants measure ours the same way). The papers of the self-supervised methods report only MVTec AD means,
 listed as notes.
 """
 ANOMALIB = {
@@ -25,7 +26,8 @@ PAPER_NOTES = (
 
 def published_table(rows):
     """Markdown: anomalib's figures for the (method, category) pairs present in `rows`, then the notes."""
-    lines = ["\n## Published figures, for comparison\n\n| method | category | image_auroc | pixel_auroc | aupro |\n",
+    lines = ["\n## Published figures, for comparison\n\nanomalib's on its 224 px centre crop of the 256 px images.\n\n"
+             "| method | category | image_auroc | pixel_auroc | aupro |\n",
              "|---|---|---|---|---|\n"]
     pairs = sorted({(row["method"].split("-")[0], row["category"]) for row in rows})
     for method, category in pairs:
