@@ -2,8 +2,8 @@
 
 anomalib's image AUROC / pixel AUROC / AUPRO@0.3 (PatchCore with a 1% coreset), as measured by
 anomalib on these datasets with its default preprocessing for both methods (resize to 256, centre
-crop 224: the `-crop` variants measure ours the same way). The papers of the self-supervised methods report only MVTec AD means,
-listed as notes.
+crop 224: the `-crop` variants measure ours the same way). The papers of the self-supervised methods
+report only MVTec AD means, listed as notes.
 """
 ANOMALIB = {
     "patchcore": {"mvtec_ad/bottle": (1.000, 0.983, 0.936), "mvtec_loco/juice_bottle": (0.972, 0.895, 0.834),

@@ -19,10 +19,17 @@ METRICS = ("image_auroc", "pixel_auroc", "aupro")
 BESIDE_ANOMALIB = {"patchcore": ("patchcore-lite0-crop", "patchcore-lite0"), "padim": ("padim-lite0-crop", "padim-lite0")}
 
 
+def _metrics(row):
+    return tuple(row.get(k) for k in METRICS)
+
+
 def _cell(row):
-    if row is None:
-        return "-"
-    return " / ".join("-" if row.get(k) is None else f"{row[k]:.3f}" for k in METRICS)
+    return "-" if row is None else _figures(_metrics(row))
+
+
+def _figures(values):
+    """'image / pixel / AUPRO' with three decimals, '-' for a missing value; '-' alone for no values."""
+    return "-" if values is None else " / ".join("-" if v is None else f"{v:.3f}" for v in values)
 
 
 def results_markdown(rows):
@@ -55,21 +62,16 @@ def anomalib_markdown(rows):
     for method, ours in BESIDE_ANOMALIB.items():
         columns.append((f"anomalib {method}", ANOMALIB[method]))
         for variant in ours:
-            columns.append((variant, {row["category"]: tuple(row.get(k) for k in METRICS)
-                                      for row in rows if row["method"] == variant}))
+            columns.append((variant, {row["category"]: _metrics(row) for row in rows if row["method"] == variant}))
     categories = sorted(ANOMALIB["patchcore"])
     lines = ["| category | " + " | ".join(name for name, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for category in categories:
         lines.append(f"| {category} | " + " | ".join(_figures(figures.get(category)) for _, figures in columns) + " |")
-    complete = [c for c in categories if all(c in figures for _, figures in columns)]
+    complete = [c for c in categories if all(None not in figures.get(c, (None,)) for _, figures in columns)]
     means = [tuple(np.mean([figures[c][i] for c in complete]) for i in range(3)) if complete else None
              for _, figures in columns]
     lines.append(f"| mean of {len(complete)} | " + " | ".join(_figures(m) for m in means) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _figures(values):
-    return "-" if values is None or any(v is None for v in values) else " / ".join(f"{v:.3f}" for v in values)
 
 
 def update_readme(readme, rows):
