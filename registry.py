@@ -25,7 +25,8 @@ def _patchcore(config):
 
     return PatchCore(backbone=config.backbone, feature_strides=config.options["feature_strides"],
                      coreset_ratio=config.options["coreset_ratio"], score_neighbours=config.options["score_neighbours"],
-                     seed=config.seed, input_size=config.size, channels=config.channels)
+                     patch_neighbours=config.options["patch_neighbours"], seed=config.seed,
+                     input_size=config.size, channels=config.channels)
 
 
 def _padim(config):
@@ -45,6 +46,9 @@ def _memorybank_arguments(parser):
     group.add_argument("--score-neighbours", type=int, default=1,
                        help="patchcore: reweight the image score by the b bank features nearest to the worst patch's "
                             "match (the paper's eq. 7 uses 9); 1 keeps the plain max patch score")
+    group.add_argument("--patch-neighbours", type=int, default=1,
+                       help="patchcore: a patch's score is its mean distance to the k nearest bank features "
+                            "(default 1: the nearest, as in the paper)")
     group.add_argument("--padim-features", type=int, default=100, help="padim: random feature channels kept")
 
 

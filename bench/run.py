@@ -57,6 +57,8 @@ VARIANTS = {
     "patchcore-lite0-nb9": ("patchcore", "--backbone lite0 --coreset-ratio 0.01 --score-neighbours 9"),
     "patchcore-lite0-s16-32-nb9": ("patchcore", "--backbone lite0 --coreset-ratio 0.01 --feature-strides 16 32 "
                                                 "--score-neighbours 9"),
+    # Patch score = mean distance to the 3 nearest bank features (the reference code's anomaly_scorer_num_nn).
+    "patchcore-lite0-k3": ("patchcore", "--backbone lite0 --coreset-ratio 0.01 --patch-neighbours 3"),
     # anomalib's protocol: images resized to 256, the central 224 kept (model input, masks and metrics alike).
     "patchcore-lite0-crop": ("patchcore", "--backbone lite0 --coreset-ratio 0.01 --center-crop 0.875"),
     "padim-lite0-crop": ("padim", "--backbone lite0 --center-crop 0.875"),

@@ -6,8 +6,10 @@ features) -> the memory bank, a non-trainable weight so that model.keras carries
 known only after calibrate, so it is recorded in the config (`bank_size`): a reloaded model creates
 a weight of that shape and the saved value loads into it.
 
-Patch score: Euclidean distance from a patch feature to its nearest bank feature. Anomaly map: the
-grid of patch scores upsampled to the input size and blurred (sigma 4). Image score: the largest
+Patch score: Euclidean distance from a patch feature to its nearest bank feature, or with
+`patch_neighbours` k > 1 the mean distance to its k nearest (the reference implementation's
+anomaly_scorer_num_nn; one isolated bank feature near an anomaly then lowers its score less).
+Anomaly map: the grid of patch scores upsampled to the input size and blurred (sigma 4). Image score: the largest
 patch score s* of the image. With `score_neighbours` b > 1 it is reweighted as in the paper (eq. 7):
 
     s = (1 - exp(||q* - m*||) / sum over m in N_b(m*) of exp(||q* - m||)) * s*
@@ -33,14 +35,17 @@ from processing.progress import report
 class PatchCore(PatchFeatureModel):
     method_name = "patchcore"
 
-    def __init__(self, coreset_ratio=0.1, score_neighbours=1, seed=0, bank_size=None, **kwargs):
+    def __init__(self, coreset_ratio=0.1, score_neighbours=1, patch_neighbours=1, seed=0, bank_size=None, **kwargs):
         super().__init__(**kwargs)
         if not 0 < coreset_ratio <= 1:
             raise UserError(f"--coreset-ratio must be in (0, 1], got {coreset_ratio}")
         if score_neighbours < 1:
             raise UserError(f"--score-neighbours must be at least 1, got {score_neighbours}")
+        if patch_neighbours < 1:
+            raise UserError(f"--patch-neighbours must be at least 1, got {patch_neighbours}")
         self.coreset_ratio = float(coreset_ratio)
         self.score_neighbours = int(score_neighbours)
+        self.patch_neighbours = int(patch_neighbours)
         self.seed = int(seed)  # the coreset's random start and projection (train.py --seed)
         self.bank_size = bank_size
         self.memory_bank = self._bank_weight(bank_size) if bank_size else None
@@ -48,7 +53,8 @@ class PatchCore(PatchFeatureModel):
 
     def get_config(self):
         return {**super().get_config(), "coreset_ratio": self.coreset_ratio,
-                "score_neighbours": self.score_neighbours, "seed": self.seed, "bank_size": self.bank_size}
+                "score_neighbours": self.score_neighbours, "patch_neighbours": self.patch_neighbours,
+                "seed": self.seed, "bank_size": self.bank_size}
 
     def _bank_weight(self, size):
         return self.add_weight(shape=(size, self.feature_dim), initializer="zeros", trainable=False,
@@ -61,7 +67,8 @@ class PatchCore(PatchFeatureModel):
                f"({len(features)} images x {self.grid_height}x{self.grid_width})")
         started = time.perf_counter()
         try:
-            bank = CoresetMemoryBank(coreset_ratio=self.coreset_ratio, random_state=self.seed).fit(patches).memory_bank_
+            bank = CoresetMemoryBank(coreset_ratio=self.coreset_ratio, k=self.patch_neighbours,
+                                     random_state=self.seed).fit(patches).memory_bank_
         except UserError as error:
             raise UserError(f"patchcore cannot build its memory bank from {len(features)} training images "
                             f"({len(patches)} patch features): {error}; add training images or raise "
@@ -83,14 +90,20 @@ class PatchCore(PatchFeatureModel):
 
     def _patch_scores(self, features):
         """Eager inference: the detector's blocked search keeps memory bounded for any bank size."""
-        detector = CoresetMemoryBank.from_state({"memory_bank": ops.convert_to_numpy(self._bank())})
+        detector = CoresetMemoryBank.from_state({"memory_bank": ops.convert_to_numpy(self._bank())},
+                                                k=self.patch_neighbours)
         scores = detector.score_samples(features.reshape(-1, self.feature_dim))
         return scores.reshape(len(features), self.grid_height, self.grid_width)
 
     def _graph_patch_scores(self, features):
         """The same distances for export, as one (patches x bank) matrix per batch: the caller picks the batch."""
         queries = ops.reshape(features, (-1, self.feature_dim))
-        nearest = ops.sqrt(ops.maximum(ops.min(_squared_distances(queries, self._bank()), axis=1), 0.0))
+        squared = _squared_distances(queries, self._bank())
+        if self.patch_neighbours == 1:
+            nearest = ops.sqrt(ops.maximum(ops.min(squared, axis=1), 0.0))
+        else:
+            negated, _ = ops.top_k(-squared, self.patch_neighbours)
+            nearest = ops.mean(ops.sqrt(ops.maximum(-negated, 0.0)), axis=1)
         return ops.reshape(nearest, (-1, self.grid_height, self.grid_width))
 
     def _image_scores(self, features, patch_scores, maps):

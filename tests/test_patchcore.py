@@ -127,6 +127,23 @@ def test_image_score_reweighting_keeps_the_ranking(images):
     assert roc_auc_score(np.r_[np.zeros(10), np.ones(10)], reweighted) >= 0.9
 
 
+def test_patch_neighbours_average_the_k_nearest_bank_distances_in_both_paths(patchcore, images, tmp_path):
+    model = PatchCore.from_config({**patchcore.get_config(), "patch_neighbours": 3})
+    model.set_weights(patchcore.get_weights())
+    features = model.extract(images[1][:2])
+    queries = features.reshape(-1, model.feature_dim)
+    bank = model.memory_bank.numpy()
+    distances = np.sqrt(((queries[:, None, :] - bank[None]) ** 2).sum(-1))  # brute force, (patches, bank)
+    expected = np.sort(distances, axis=1)[:, :3].mean(axis=1).reshape(features.shape[:3])
+    np.testing.assert_allclose(model._patch_scores(features), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model._graph_patch_scores(features)), expected, rtol=1e-3, atol=1e-3)
+    assert (expected >= patchcore._patch_scores(features) - 1e-4).all()  # the nearest is the smallest of the three
+    model.save(tmp_path / "model.keras")
+    reloaded = keras.saving.load_model(tmp_path / "model.keras", compile=False)
+    assert reloaded.patch_neighbours == 3
+    np.testing.assert_array_equal(reloaded.anomaly_map(images[1][:2]), model.anomaly_map(images[1][:2]))
+
+
 def test_rarity_weight_is_higher_when_the_nearest_normal_feature_is_rare():
     cluster = np.random.default_rng(0).normal(0, 0.1, (20, 4)).astype(np.float32)
     isolated = np.array([[10, 0, 0, 0]], np.float32)
@@ -207,7 +224,8 @@ def test_missing_backbone_surfaces_at_train_time(workdir, small_synthetic, monke
 
 
 @pytest.mark.parametrize("flag, value, message", [("--coreset-ratio", "0", "--coreset-ratio must be in (0, 1]"),
-                                                   ("--score-neighbours", "0", "--score-neighbours must be at least 1")])
+                                                   ("--score-neighbours", "0", "--score-neighbours must be at least 1"),
+                                                   ("--patch-neighbours", "0", "--patch-neighbours must be at least 1")])
 def test_bad_patchcore_flag_is_one_line(workdir, small_synthetic, capsys, flag, value, message):
     err = cli_error(train, ["-d", str(small_synthetic), "-a", "patchcore", flag, value], capsys)
     assert message in err
