@@ -77,12 +77,12 @@ def anomalib_markdown(rows):
 def update_readme(readme, rows):
     readme = Path(readme)
     text = readme.read_text()
-    text = _replace_between(text, START, END, results_markdown(rows), readme)
-    text = _replace_between(text, ANOMALIB_START, ANOMALIB_END, anomalib_markdown(rows), readme)
+    text = replace_between(text, START, END, results_markdown(rows), readme)
+    text = replace_between(text, ANOMALIB_START, ANOMALIB_END, anomalib_markdown(rows), readme)
     atomic.write_text(readme, text)
 
 
-def _replace_between(text, start, end, body, readme):
+def replace_between(text, start, end, body, readme):
     if start not in text or end not in text:
         raise ValueError(f"{readme} lacks the {start} / {end} markers")
     head, rest = text.split(start, 1)

@@ -141,3 +141,55 @@ def test_each_row_names_its_processor_and_vector_extension(tmp_path):
     cpuinfo.write_text(block.format(0, ""))
     assert runs.cpu_model(cpuinfo) == "AMD EPYC 9R14, AVX2"
     assert runs.cpu_model(tmp_path / "missing") == (platform.processor() or "unknown processor")
+
+
+def test_seed_spread_says_where_a_published_figure_falls_in_our_seeds():
+    from bench.seed_spread import where_published_falls
+
+    seeds = [0.5, 0.75, 1.0]  # mean 0.75 (all exact in binary floating point)
+    assert [where_published_falls(seeds, p) for p in (0.5, 0.75, 0.875, 1.0)] + [where_published_falls(seeds[:2], 0.8)] == [
+        "met", "met", "in range", "in range", "above"]
+    assert where_published_falls([0.999, 1.0, 1.0, 1.0, 1.0], 1.0) == "met"  # mean 0.9998 shows as 1.000
+
+
+def test_seed_spread_summary_gives_mean_std_range_beside_anomalib():
+    from bench.seed_spread import summary, summary_markdown
+
+    bottle = "mvtec_ad/bottle"  # anomalib's patchcore: 1.000 / 0.983 / 0.936
+    rows = [{"method": "patchcore-lite0", "category": bottle, "seed": 0, "image_auroc": 0.99, "pixel_auroc": 0.99,
+             "aupro": 0.90},
+            {"method": "patchcore-lite0", "category": bottle, "seed": 1, "image_auroc": 1.0, "pixel_auroc": 0.98,
+             "aupro": 0.92}]
+    (entry,) = summary(rows)
+    assert entry["seeds"] == 2
+    assert entry["image_auroc"]["mean"] == pytest.approx(0.995)
+    assert entry["image_auroc"]["std"] == pytest.approx(0.01 / 2 ** 0.5)  # sample standard deviation
+    assert [entry[m]["falls"] for m in ("image_auroc", "pixel_auroc", "aupro")] == ["in range", "met", "above"]
+    table = summary_markdown([entry])
+    assert "| patchcore-lite0 | mvtec_ad/bottle | 2 | 0.995 ± 0.007 [0.990, 1.000]; anomalib 1.000: in range |" in table
+    assert "1 met, 1 in range, 1 above (of 3)" in table
+
+
+def test_seed_spread_bench_runs_each_seed_and_fills_the_readme(small_synthetic, tmp_path, monkeypatch):
+    from bench import seed_spread
+    from bench.seed_spread import END, START
+
+    (tmp_path / "root" / "shop").mkdir(parents=True)
+    (tmp_path / "root" / "shop" / "synthetic").symlink_to(small_synthetic)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{START}\nold\n{END}\noutro\n")
+    out = tmp_path / "spread"
+    args = ["--data-root", str(tmp_path / "root"), "--variants", "padim-lite0", "--seeds", "0", "1",
+            "--extra-args", "--size 64", "--out", str(out), "--readme", str(readme), "--workdir", str(tmp_path / "w")]
+    seed_spread.main(args)
+    rows = read_csv_rows(out.with_suffix(".csv"))
+    assert [(row["method"], row["category"], row["seed"]) for row in rows] == [
+        ("padim-lite0", "shop/synthetic", "0"), ("padim-lite0", "shop/synthetic", "1")]
+    assert all(0.5 < float(row["image_auroc"]) <= 1 for row in rows)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith(f"{END}\noutro\n") and "\nold\n" not in text
+    assert "| padim-lite0 | shop/synthetic | 2 |" in text and "anomalib" not in text  # none published for synthetic
+    # A second call finds both runs measured and leaves the table as it was.
+    before = out.with_suffix(".csv").read_text()
+    seed_spread.main(args)
+    assert out.with_suffix(".csv").read_text() == before
