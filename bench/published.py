@@ -18,6 +18,8 @@ ANOMALIB = {
 
 PAPER_NOTES = (
     "MVTec AD paper (Bergmann et al. 2019), CAE (SSIM) on bottle: pixel AUROC about 0.87 (L2: 0.82).",
+    "PatchCore paper (Roth et al. 2022), WideResNet-50 backbone at full resolution, MVTec AD mean: image AUROC "
+    "0.991, pixel AUROC 0.981.",
     "CutPaste paper (Li et al. 2021), MVTec AD mean: image AUROC 0.952 (3-way), pixel AUROC 0.960.",
     "Contrastive (SimCLR-style) baselines on MVTec AD: image AUROC about 0.86-0.90.",
     "Deep SVDD on MVTec AD (as reported by later papers): image AUROC about 0.6.",

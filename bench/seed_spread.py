@@ -35,8 +35,10 @@ WORKDIR = ROOT / "bench" / "out" / "seed_spread"
 DEFAULT_VARIANTS = ("patchcore-lite0", "padim-lite0")
 COLUMNS = ("method", "category", "seed", *METRICS, "train_s", "infer_img_s", "cpu")
 START, END = "<!-- seed-table:start -->", "<!-- seed-table:end -->"
-NOTE = ("One row per run (train.py --seed); threshold-free metrics on the full test set. The summary below "
-        "gives mean ± standard deviation [lowest, highest] over the seeds.")
+NOTE = ("One row per run (train.py --seed); threshold-free metrics on the full test set. cpu is the processor "
+        "the row ran on (the Machine line above is the one that wrote the table); train_s and infer_img_s are "
+        "only comparable between rows on the same cpu. The summary below gives mean ± standard deviation "
+        "[lowest, highest] over the seeds.")
 
 
 def parse_args(argv=None):
@@ -93,12 +95,15 @@ def summary_markdown(entries):
                 cell += f"; anomalib {m['anomalib']:.3f}: {m['falls']}"
             cells.append(cell)
         lines.append(f"| {entry['variant']} | {entry['category']} | {entry['seeds']} | " + " | ".join(cells) + " |")
+    counts = []
+    for variant in dict.fromkeys(entry["variant"] for entry in entries):
+        falls = [entry[m]["falls"] for entry in entries if entry["variant"] == variant for m in METRICS
+                 if entry[m]["falls"]]
+        if falls:
+            tally = ", ".join(f"{falls.count(kind)} {kind}" for kind in ("met", "in range", "above"))
+            counts.append(f"{variant} {tally} (of {len(falls)})")
     table = "\n".join(lines) + "\n"
-    falls = [entry[m]["falls"] for entry in entries for m in METRICS if entry[m]["falls"]]
-    if not falls:
-        return table
-    counts = ", ".join(f"{falls.count(kind)} {kind}" for kind in ("met", "in range", "above"))
-    return table + f"\nanomalib's figures against our seed spread: {counts} (of {len(falls)}).\n"
+    return table + f"\nanomalib's figures against our seed spread: {'; '.join(counts)}.\n" if counts else table
 
 
 def write_all(rows, config):

@@ -167,7 +167,7 @@ def test_seed_spread_summary_gives_mean_std_range_beside_anomalib():
     assert [entry[m]["falls"] for m in ("image_auroc", "pixel_auroc", "aupro")] == ["in range", "met", "above"]
     table = summary_markdown([entry])
     assert "| patchcore-lite0 | mvtec_ad/bottle | 2 | 0.995 ± 0.007 [0.990, 1.000]; anomalib 1.000: in range |" in table
-    assert "1 met, 1 in range, 1 above (of 3)" in table
+    assert "seed spread: patchcore-lite0 1 met, 1 in range, 1 above (of 3)." in table
 
 
 def test_seed_spread_bench_runs_each_seed_and_fills_the_readme(small_synthetic, tmp_path, monkeypatch):
