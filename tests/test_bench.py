@@ -193,3 +193,16 @@ def test_seed_spread_bench_runs_each_seed_and_fills_the_readme(small_synthetic, 
     before = out.with_suffix(".csv").read_text()
     seed_spread.main(args)
     assert out.with_suffix(".csv").read_text() == before
+
+
+def test_every_bench_variant_names_a_method_and_flags_that_train_accepts():
+    import shlex
+
+    import train
+    from bench.run import VARIANTS
+    from registry import method_names
+
+    for variant, (method, flags) in VARIANTS.items():
+        assert method in method_names(), variant
+        config = train.parse_args(["-a", method, *shlex.split(flags)])
+        assert config.method == method, variant
