@@ -25,7 +25,8 @@ def _patchcore(config):
 
     return PatchCore(backbone=config.backbone, feature_strides=config.options["feature_strides"],
                      coreset_ratio=config.options["coreset_ratio"], score_neighbours=config.options["score_neighbours"],
-                     patch_neighbours=config.options["patch_neighbours"], seed=config.seed,
+                     patch_neighbours=config.options["patch_neighbours"], score_strides=config.options["score_strides"],
+                     score_candidates=config.options["score_candidates"], seed=config.seed,
                      input_size=config.size, channels=config.channels)
 
 
@@ -49,6 +50,13 @@ def _memorybank_arguments(parser):
     group.add_argument("--patch-neighbours", type=int, default=1,
                        help="patchcore: a patch's score is its mean distance to the k nearest bank features "
                             "(default 1: the nearest, as in the paper)")
+    group.add_argument("--score-strides", type=int, nargs="+", default=None,
+                       help="patchcore: a second bank of these stages' features (e.g. 8 16 32) for the image score "
+                            "only, from the same backbone pass; maps keep --feature-strides. Must include the finest "
+                            "of --feature-strides")
+    group.add_argument("--score-candidates", type=float, default=0.25,
+                       help="patchcore with --score-strides: share of patches, those with the highest map scores, "
+                            "searched in the image-score bank")
     group.add_argument("--padim-features", type=int, default=100, help="padim: random feature channels kept")
 
 

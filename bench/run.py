@@ -55,6 +55,8 @@ VARIANTS = {
     "padim-lite0-s16-32": ("padim", "--backbone lite0 --feature-strides 16 32"),
     # All three depths in one bank: the stride-32 context for image decisions, the stride-8 grid for maps.
     "patchcore-lite0-s8-16-32": ("patchcore", "--backbone lite0 --coreset-ratio 0.01 --feature-strides 8 16 32"),
+    # Maps from the default stride 8/16 bank, image scores from a second, stride 8/16/32 bank (one backbone pass).
+    "patchcore-lite0-score32": ("patchcore", "--backbone lite0 --coreset-ratio 0.01 --score-strides 8 16 32"),
     # The paper's image-score reweighting over 9 bank neighbours (anomalib's default), on both feature depths.
     "patchcore-lite0-nb9": ("patchcore", "--backbone lite0 --coreset-ratio 0.01 --score-neighbours 9"),
     "patchcore-lite0-s16-32-nb9": ("patchcore", "--backbone lite0 --coreset-ratio 0.01 --feature-strides 16 32 "

@@ -40,26 +40,37 @@ MAP_SIGMA = 4.0
 PROGRESS_EVERY_SECONDS = 5.0
 
 
-def patch_feature_model(variant, input_size, channels, strides=FEATURE_STRIDES):
+def patch_feature_model(variant, input_size, channels, strides=FEATURE_STRIDES, score_strides=None):
     """Functional model: (N, S, S, channels) images in [0, 1] -> (N, h, w, D) patch features.
 
-    Grayscale is replicated to RGB inside the model, so callers pass images as they are.
+    With `score_strides`, a second output: the features of those stages on their own finest grid,
+    from the same backbone pass (PatchCore's image-score bank). Grayscale is replicated to RGB inside
+    the model, so callers pass images as they are.
     """
     images = keras.Input(shape=(input_size, input_size, channels), name="images")
     rgb = layers.Concatenate(name="to_rgb")([images] * 3) if channels == 1 else images
-    backbone = fold_batch_norms(feature_extractor(variant, strides=strides))
+    needed = tuple(sorted(set(strides) | set(score_strides or ())))
+    backbone = fold_batch_norms(feature_extractor(variant, strides=needed))
     stage_maps = backbone(rgb)
     stage_maps = stage_maps if isinstance(stage_maps, list) else [stage_maps]  # one stride: a bare tensor
-    grid = stage_maps[0].shape[1:3]
-    aggregated = []
-    for stride, stage_map in zip(strides, stage_maps):
+    local_means = {}
+    for stride, stage_map in zip(needed, stage_maps):
         padded = layers.ZeroPadding2D(1, name=f"zero_border_s{stride}")(stage_map)
-        x = layers.AveragePooling2D(pool_size=3, strides=1, padding="valid", name=f"local_mean_s{stride}")(padded)
-        if tuple(x.shape[1:3]) != tuple(grid):
-            x = layers.Resizing(*grid, interpolation="bilinear", name=f"upsample_s{stride}")(x)
-        aggregated.append(x)
-    features = layers.Concatenate(name="patch_features")(aggregated) if len(aggregated) > 1 else aggregated[0]
-    return keras.Model(images, features, name=f"patch_features_{variant}")
+        local_means[stride] = layers.AveragePooling2D(pool_size=3, strides=1, padding="valid",
+                                                      name=f"local_mean_s{stride}")(padded)
+    outputs = [_on_one_grid(local_means, strides, prefix="")]
+    if score_strides:
+        outputs.append(_on_one_grid(local_means, score_strides, prefix="score_"))
+    return keras.Model(images, outputs if score_strides else outputs[0], name=f"patch_features_{variant}")
+
+
+def _on_one_grid(local_means, strides, prefix):
+    """The local means of `strides`, upsampled (bilinear) to the finest one's grid and concatenated."""
+    strides = sorted(strides)
+    grid = local_means[strides[0]].shape[1:3]
+    aggregated = [layers.Resizing(*grid, interpolation="bilinear", name=f"{prefix}upsample_s{stride}")(local_means[stride])
+                  if tuple(local_means[stride].shape[1:3]) != tuple(grid) else local_means[stride] for stride in strides]
+    return layers.Concatenate(name=f"{prefix}patch_features")(aggregated) if len(aggregated) > 1 else aggregated[0]
 
 
 def fold_batch_norms(model):
@@ -148,28 +159,42 @@ def _upsample_blur_operator(grid, size, sigma):
     return (blur @ upsample).astype(np.float32)
 
 
+def checked_strides(strides, flag):
+    """The distinct strides in increasing order; UserError naming `flag` for an unknown or missing one."""
+    checked = tuple(sorted(set(int(s) for s in strides)))
+    if not checked or not set(checked) <= set(STRIDE_CHOICES):
+        raise UserError(f"{flag} must be one or more of {', '.join(map(str, STRIDE_CHOICES))}, "
+                        f"got {' '.join(map(str, strides)) or 'none'}")
+    return checked
+
+
 class PatchFeatureModel(AnomalyModel):
     """Base for methods that fit statistics of patch features of normal images (no gradient training).
 
     Subclasses implement `_graph_patch_scores(features) -> (n, h, w)` in keras.ops and may override
-    `_image_scores` (keras.ops too) and `_patch_scores` (a numpy path for eager inference).
+    `_image_scores` (keras.ops too) and `_patch_scores` (a numpy path for eager inference). With
+    `score_strides` the features they get are a pair: (map features, image-score features).
     """
 
     trains_by_gradient = False
     default_validation_fraction = 0.0  # no epochs to validate: every normal image goes into the statistics
 
-    def __init__(self, backbone="lite0", feature_strides=FEATURE_STRIDES, **kwargs):
+    def __init__(self, backbone="lite0", feature_strides=FEATURE_STRIDES, score_strides=None, **kwargs):
         super().__init__(**kwargs)
         self.backbone = backbone
-        self.feature_strides = tuple(sorted(set(int(s) for s in feature_strides)))
-        if not self.feature_strides or not set(self.feature_strides) <= set(STRIDE_CHOICES):
-            raise UserError(f"--feature-strides must be one or more of {', '.join(map(str, STRIDE_CHOICES))}, "
-                            f"got {' '.join(map(str, feature_strides)) or 'none'}")
-        self.patch_features = patch_feature_model(backbone, self.input_size, self.channels, self.feature_strides)
-        _, self.grid_height, self.grid_width, self.feature_dim = self.patch_features.outputs[0].shape
+        self.feature_strides = checked_strides(feature_strides, "--feature-strides")
+        self.score_strides = checked_strides(score_strides, "--score-strides") if score_strides else None
+        if self.score_strides == self.feature_strides:
+            self.score_strides = None  # the same features: one set serves maps and image scores
+        self.patch_features = patch_feature_model(backbone, self.input_size, self.channels, self.feature_strides,
+                                                  self.score_strides)
+        outputs = self.patch_features.outputs
+        _, self.grid_height, self.grid_width, self.feature_dim = outputs[0].shape
+        self.score_dim = outputs[1].shape[-1] if self.score_strides else None
 
     def get_config(self):
-        return {**super().get_config(), "backbone": self.backbone, "feature_strides": list(self.feature_strides)}
+        return {**super().get_config(), "backbone": self.backbone, "feature_strides": list(self.feature_strides),
+                "score_strides": list(self.score_strides) if self.score_strides else None}
 
     # ---- what subclasses implement
     def _graph_patch_scores(self, features):
@@ -184,8 +209,8 @@ class PatchFeatureModel(AnomalyModel):
 
     # ---- features
     def extract(self, images):
-        """(n, h, w, D) float32 numpy features of one batch, by the compiled predict function
-        (about 2x faster than an eager call)."""
+        """(n, h, w, D) float32 numpy features of one batch (a pair of them with `score_strides`), by the
+        compiled predict function (about 2x faster than an eager call)."""
         return self.patch_features.predict_on_batch(images)
 
     def dataset_features(self, normal_images):
@@ -194,8 +219,9 @@ class PatchFeatureModel(AnomalyModel):
         started = last_report = time.perf_counter()
         n_images = 0
         for n_batches, batch in enumerate(normal_images, start=1):
-            features = self.extract(np.asarray(batch, np.float32))
-            n_images += len(features)
+            batch = np.asarray(batch, np.float32)
+            features = self.extract(batch)
+            n_images += len(batch)
             yield features
             now = time.perf_counter()
             if now - last_report >= PROGRESS_EVERY_SECONDS or n_batches == total_batches:

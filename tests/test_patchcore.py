@@ -136,12 +136,71 @@ def test_patch_neighbours_average_the_k_nearest_bank_distances_in_both_paths(pat
     distances = np.sqrt(((queries[:, None, :] - bank[None]) ** 2).sum(-1))  # brute force, (patches, bank)
     expected = np.sort(distances, axis=1)[:, :3].mean(axis=1).reshape(features.shape[:3])
     np.testing.assert_allclose(model._patch_scores(features), expected, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(model._graph_patch_scores(features)), expected, rtol=1e-3, atol=1e-3)
+    traced = tf.function(model._graph_patch_scores)(tf.constant(features))  # the one-matmul path export.py traces
+    np.testing.assert_allclose(traced.numpy(), expected, rtol=1e-3, atol=1e-3)
     assert (expected >= patchcore._patch_scores(features) - 1e-4).all()  # the nearest is the smallest of the three
     model.save(tmp_path / "model.keras")
     reloaded = keras.saving.load_model(tmp_path / "model.keras", compile=False)
     assert reloaded.patch_neighbours == 3
     np.testing.assert_array_equal(reloaded.anomaly_map(images[1][:2]), model.anomaly_map(images[1][:2]))
+
+
+def brute_force_nearest(queries, bank):
+    return np.sqrt(((queries[:, None, :] - bank[None]) ** 2).sum(-1)).min(axis=1)
+
+
+@pytest.fixture(scope="module")
+def score_bank_model(images):
+    model = PatchCore(input_size=SIZE, channels=3, score_strides=(32, 16, 8))
+    model.calibrate(as_dataset(images[0]))
+    return model
+
+
+def test_score_bank_keeps_the_maps_and_scores_images_by_the_deeper_features_of_the_candidates(
+        score_bank_model, patchcore, images):
+    model, candidates = score_bank_model, 16  # a quarter of the 8 x 8 grid
+    assert model.score_strides == (8, 16, 32) and model.score_dim == model.feature_dim + 320
+    np.testing.assert_array_equal(model.memory_bank.numpy(), patchcore.memory_bank.numpy())  # same seed, same bank
+    pasted, _ = with_pasted_squares(images[1])
+    batch = np.concatenate([images[1], pasted])
+    maps, scores = model.maps_and_scores(batch)
+    np.testing.assert_allclose(maps, patchcore.anomaly_map(batch), atol=1e-5)
+    map_features, score_features = model.extract(batch)
+    patch_scores = patchcore._patch_scores(map_features).reshape(len(batch), -1)
+    chosen = np.argsort(-patch_scores, axis=1)[:, :candidates]
+    queries = np.take_along_axis(score_features.reshape(len(batch), -1, model.score_dim), chosen[..., None], axis=1)
+    expected = brute_force_nearest(queries.reshape(-1, model.score_dim), model.score_bank.numpy())
+    np.testing.assert_allclose(scores, expected.reshape(len(batch), candidates).max(axis=1), rtol=1e-4)
+    assert roc_auc_score(np.r_[np.zeros(10), np.ones(10)], scores) >= 0.9
+
+
+def test_with_every_patch_a_candidate_the_score_is_the_deeper_bank_max(score_bank_model, images):
+    model = PatchCore.from_config({**score_bank_model.get_config(), "score_candidates": 1.0})
+    model.set_weights(score_bank_model.get_weights())
+    _, score_features = model.extract(images[1])
+    expected = brute_force_nearest(score_features.reshape(-1, model.score_dim), model.score_bank.numpy())
+    np.testing.assert_allclose(model.score(images[1]), expected.reshape(len(images[1]), -1).max(axis=1), rtol=1e-4)
+
+
+def test_score_bank_reloads_and_its_graph_matches_eager_inference(score_bank_model, images, tmp_path):
+    score_bank_model.save(tmp_path / "model.keras")
+    reloaded = keras.saving.load_model(tmp_path / "model.keras", compile=False)
+    assert (reloaded.score_strides, reloaded.score_bank_size) == ((8, 16, 32), score_bank_model.score_bank_size)
+    maps, scores = score_bank_model.maps_and_scores(images[1])
+    for before, after in zip((maps, scores), reloaded.maps_and_scores(images[1])):
+        np.testing.assert_array_equal(after, before)
+    graph_maps, graph_scores = tf.function(reloaded.map_and_score_graph)(tf.constant(images[1]))
+    np.testing.assert_allclose(graph_maps.numpy(), maps, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(graph_scores.numpy(), scores, rtol=1e-4)
+
+
+def test_score_bank_with_reweighting_uses_the_score_bank(score_bank_model, images):
+    model = PatchCore.from_config({**score_bank_model.get_config(), "score_neighbours": 9})
+    model.set_weights(score_bank_model.get_weights())
+    plain = score_bank_model.score(images[1])
+    reweighted = model.score(images[1])
+    assert ((reweighted >= plain * (1 - 1 / 9) - 1e-5) & (reweighted <= plain + 1e-5)).all()
+    assert not np.allclose(reweighted, plain)
 
 
 def test_rarity_weight_is_higher_when_the_nearest_normal_feature_is_rare():
@@ -225,7 +284,9 @@ def test_missing_backbone_surfaces_at_train_time(workdir, small_synthetic, monke
 
 @pytest.mark.parametrize("flag, value, message", [("--coreset-ratio", "0", "--coreset-ratio must be in (0, 1]"),
                                                    ("--score-neighbours", "0", "--score-neighbours must be at least 1"),
-                                                   ("--patch-neighbours", "0", "--patch-neighbours must be at least 1")])
+                                                   ("--patch-neighbours", "0", "--patch-neighbours must be at least 1"),
+                                                   ("--score-candidates", "0", "--score-candidates must be in (0, 1]"),
+                                                   ("--score-strides", "5", "--score-strides must be one or more of")])
 def test_bad_patchcore_flag_is_one_line(workdir, small_synthetic, capsys, flag, value, message):
     err = cli_error(train, ["-d", str(small_synthetic), "-a", "patchcore", flag, value], capsys)
     assert message in err
@@ -243,6 +304,16 @@ def test_deeper_feature_strides_give_a_coarser_grid_that_reloads(images, tmp_pat
     pasted, _ = with_pasted_squares(images[1])
     np.testing.assert_array_equal(reloaded.anomaly_map(pasted), model.anomaly_map(pasted))
     assert model.score(pasted).mean() > model.score(images[1]).mean()
+
+
+def test_score_strides_without_the_map_grid_are_a_user_error():
+    with pytest.raises(UserError, match=r"--score-strides must include the finest of --feature-strides \(8\), got 16 32"):
+        PatchCore(input_size=SIZE, channels=3, score_strides=(16, 32))
+
+
+def test_score_strides_equal_to_the_feature_strides_need_no_second_bank():
+    model = PatchCore(input_size=SIZE, channels=3, score_strides=(16, 8))
+    assert model.score_strides is None and model.get_config()["score_strides"] is None
 
 
 @pytest.mark.parametrize("strides", [(3,), (8, 64), ()])
