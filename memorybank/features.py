@@ -67,9 +67,13 @@ def patch_feature_model(variant, input_size, channels, strides=FEATURE_STRIDES, 
 def _on_one_grid(local_means, strides, prefix):
     """The local means of `strides`, upsampled (bilinear) to the finest one's grid and concatenated."""
     strides = sorted(strides)
-    grid = local_means[strides[0]].shape[1:3]
-    aggregated = [layers.Resizing(*grid, interpolation="bilinear", name=f"{prefix}upsample_s{stride}")(local_means[stride])
-                  if tuple(local_means[stride].shape[1:3]) != tuple(grid) else local_means[stride] for stride in strides]
+    grid = tuple(local_means[strides[0]].shape[1:3])
+    aggregated = []
+    for stride in strides:
+        x = local_means[stride]
+        if tuple(x.shape[1:3]) != grid:
+            x = layers.Resizing(*grid, interpolation="bilinear", name=f"{prefix}upsample_s{stride}")(x)
+        aggregated.append(x)
     return layers.Concatenate(name=f"{prefix}patch_features")(aggregated) if len(aggregated) > 1 else aggregated[0]
 
 

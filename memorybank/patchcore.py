@@ -147,8 +147,7 @@ class PatchCore(PatchFeatureModel):
         patches = self.grid_height * self.grid_width
         flat_scores = ops.reshape(patch_scores, (-1, patches))
         if score_features is None:
-            return self._reweighted_max(ops.reshape(map_features, (-1, patches, self.feature_dim)), flat_scores,
-                                        self.memory_bank)
+            return self._reweighted_max(map_features, flat_scores, self.memory_bank)
         count = max(1, math.ceil(self.score_candidates * patches))
         _, candidates = ops.top_k(flat_scores, count)
         queries = ops.take_along_axis(ops.reshape(score_features, (-1, patches, self.score_dim)),
@@ -158,10 +157,12 @@ class PatchCore(PatchFeatureModel):
         return self._reweighted_max(queries, ops.reshape(distances, (-1, count)), bank)
 
     def _reweighted_max(self, features, scores, bank):
-        """(n,) the largest of each image's (n, p) patch scores, times eq. 7's weight with b > 1."""
+        """(n,) the largest of each image's (n, p) patch scores, times eq. 7's weight with b > 1; `features`
+        holds the p scored patches' features of each image, in any shape that flattens to (n, p, D)."""
         best = ops.max(scores, axis=1)
         if self.score_neighbours == 1:
-            return best
+            return best  # the features are not needed: leave them unconverted (a copy per batch)
+        features = ops.reshape(features, (-1, scores.shape[1], features.shape[-1]))
         worst = ops.argmax(scores, axis=1)
         worst_features = ops.take_along_axis(features, worst[:, None, None], axis=1)[:, 0]
         return best * rarity_weights(worst_features, bank, self.score_neighbours)

@@ -48,6 +48,11 @@ def with_pasted_squares(images, seed=0):
     return pasted, masks
 
 
+def brute_force_distances(queries, bank):
+    """(queries, bank) Euclidean distances, one difference vector at a time."""
+    return np.sqrt(((queries[:, None, :] - bank[None]) ** 2).sum(-1))
+
+
 @pytest.fixture(scope="module")
 def images(small_synthetic):
     return synthetic_images(small_synthetic)
@@ -133,7 +138,7 @@ def test_patch_neighbours_average_the_k_nearest_bank_distances_in_both_paths(pat
     features = model.extract(images[1][:2])
     queries = features.reshape(-1, model.feature_dim)
     bank = model.memory_bank.numpy()
-    distances = np.sqrt(((queries[:, None, :] - bank[None]) ** 2).sum(-1))  # brute force, (patches, bank)
+    distances = brute_force_distances(queries, bank)
     expected = np.sort(distances, axis=1)[:, :3].mean(axis=1).reshape(features.shape[:3])
     np.testing.assert_allclose(model._patch_scores(features), expected, rtol=1e-4, atol=1e-4)
     traced = tf.function(model._graph_patch_scores)(tf.constant(features))  # the one-matmul path export.py traces
@@ -143,10 +148,6 @@ def test_patch_neighbours_average_the_k_nearest_bank_distances_in_both_paths(pat
     reloaded = keras.saving.load_model(tmp_path / "model.keras", compile=False)
     assert reloaded.patch_neighbours == 3
     np.testing.assert_array_equal(reloaded.anomaly_map(images[1][:2]), model.anomaly_map(images[1][:2]))
-
-
-def brute_force_nearest(queries, bank):
-    return np.sqrt(((queries[:, None, :] - bank[None]) ** 2).sum(-1)).min(axis=1)
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +170,7 @@ def test_score_bank_keeps_the_maps_and_scores_images_by_the_deeper_features_of_t
     patch_scores = patchcore._patch_scores(map_features).reshape(len(batch), -1)
     chosen = np.argsort(-patch_scores, axis=1)[:, :candidates]
     queries = np.take_along_axis(score_features.reshape(len(batch), -1, model.score_dim), chosen[..., None], axis=1)
-    expected = brute_force_nearest(queries.reshape(-1, model.score_dim), model.score_bank.numpy())
+    expected = brute_force_distances(queries.reshape(-1, model.score_dim), model.score_bank.numpy()).min(axis=1)
     np.testing.assert_allclose(scores, expected.reshape(len(batch), candidates).max(axis=1), rtol=1e-4)
     assert roc_auc_score(np.r_[np.zeros(10), np.ones(10)], scores) >= 0.9
 
@@ -178,7 +179,7 @@ def test_with_every_patch_a_candidate_the_score_is_the_deeper_bank_max(score_ban
     model = PatchCore.from_config({**score_bank_model.get_config(), "score_candidates": 1.0})
     model.set_weights(score_bank_model.get_weights())
     _, score_features = model.extract(images[1])
-    expected = brute_force_nearest(score_features.reshape(-1, model.score_dim), model.score_bank.numpy())
+    expected = brute_force_distances(score_features.reshape(-1, model.score_dim), model.score_bank.numpy()).min(axis=1)
     np.testing.assert_allclose(model.score(images[1]), expected.reshape(len(images[1]), -1).max(axis=1), rtol=1e-4)
 
 
