@@ -12,12 +12,9 @@ held-out class's test images (anomalous) against the other classes' test/good im
 ROC AUC per held-out class. See processing/embedding_analysis.py for the details.
 """
 import argparse
-import os
 from dataclasses import dataclass
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
+import processing.environment  # noqa: F401  (first: sets the variables numpy, TensorFlow and Keras read)
 from processing.errors import CommandLineParser, UserError, cli_entry  # noqa: E402
 
 DEFAULT_SIZE = 224  # the backbone's ImageNet size; with -p the model's own size is used

@@ -11,12 +11,9 @@ threshold and min-area (null when the model was not finetuned), the map options,
 channels, versions and the source run.
 """
 import argparse
-import os
 from dataclasses import dataclass
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
+import processing.environment  # noqa: F401  (first: sets the variables numpy, TensorFlow and Keras read)
 from processing.errors import CommandLineParser, cli_entry  # noqa: E402
 from processing.export import FORMATS  # noqa: E402
 

@@ -8,13 +8,10 @@ image defective if a region survives. Every (t, a) pair on a grid is scored on t
 only; the best image-level F1 wins, ties broken by pixel IoU. Writes finetune.json beside the model.
 """
 import argparse
-import os
 import time
 from dataclasses import dataclass
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
+import processing.environment  # noqa: F401  (first: sets the variables numpy, TensorFlow and Keras read)
 from processing.errors import CommandLineParser, UserError, cli_entry  # noqa: E402
 
 

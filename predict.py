@@ -10,14 +10,11 @@ picture per image. Files that are not images or do not decode are listed with th
 skipped. Images are read and scored in batches, so any number of them fits in memory.
 """
 import argparse
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
+import processing.environment  # noqa: F401  (first: sets the variables numpy, TensorFlow and Keras read)
 from processing.errors import CommandLineParser, UserError, cli_entry  # noqa: E402
 
 PROGRESS_EVERY_SECONDS = 5.0

@@ -9,13 +9,10 @@ set so they compare with published tables. Metrics at the finetuned threshold / 
 evaluation part only: the images the threshold was chosen on are never used to judge it.
 """
 import argparse
-import os
 import time
 from dataclasses import dataclass
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
+import processing.environment  # noqa: F401  (first: sets the variables numpy, TensorFlow and Keras read)
 from processing.errors import CommandLineParser, UserError, cli_entry  # noqa: E402
 
 

@@ -10,14 +10,11 @@ stop the run, keeping the last good checkpoint; --distribute trains on several d
 import argparse
 import contextlib
 import functools
-import os
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, fields
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
+import processing.environment  # noqa: F401  (first: sets the variables numpy, TensorFlow and Keras read)
 from processing.errors import CommandLineParser, UserError, cli_entry  # noqa: E402
 
 INSPECTED_NORMAL_IMAGES = 64  # training images behind the -i plots of a method (e.g. a t-SNE)

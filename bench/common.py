@@ -14,8 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import processing.environment  # noqa: E402,F401  (first: sets the variables numpy, TensorFlow and Keras read)
 
 SHARED_DATA = ROOT.parent / "shared" / "data"
 COLUMNS = ("method", "category", "image_auroc", "pixel_auroc", "aupro", "image_f1_max", "eval_f1",

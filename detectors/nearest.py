@@ -33,8 +33,13 @@ def _smallest_squared(queries, augmented_bank, k, batch_size):
     """The k smallest squared distances from each query to the bank, sorted ascending."""
     augmented_queries = np.concatenate([queries, np.ones((len(queries), 1), np.float32)], axis=1)
     best = np.full((len(queries), k), np.inf, dtype=np.float32)
+    # One reused product buffer: a fresh batch_size^2 array per block costs the kernel's page faults
+    # on every block (the previous one is still alive when the next is allocated), which made the
+    # whole search 1.3-1.8x slower on a 2-core CPU.
+    products = np.empty((len(queries), min(batch_size, len(augmented_bank))), np.float32)
     for start in range(0, len(augmented_bank), batch_size):
-        squared = augmented_queries @ augmented_bank[start:start + batch_size].T  # ||q||^2 left out
+        block = augmented_bank[start:start + batch_size]
+        squared = np.matmul(augmented_queries, block.T, out=products[:, :len(block)])  # ||q||^2 left out
         if k == 1:  # a plain min is over 10x faster than concatenate + partition
             np.minimum(best[:, 0], squared.min(axis=1), out=best[:, 0])
         else:

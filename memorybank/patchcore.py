@@ -150,10 +150,13 @@ class PatchCore(PatchFeatureModel):
             return self._reweighted_max(map_features, flat_scores, self.memory_bank)
         count = max(1, math.ceil(self.score_candidates * patches))
         _, candidates = ops.top_k(flat_scores, count)
-        queries = ops.take_along_axis(ops.reshape(score_features, (-1, patches, self.score_dim)),
-                                      candidates[:, :, None], axis=1)  # (n, count, score_dim)
+        # A plain gather of rows by flat index: take_along_axis would broadcast the (n, count) indices
+        # over all score_dim channels, which took longer than the search itself on CPU.
+        image_offsets = (ops.cumsum(ops.ones_like(candidates[:, :1]), axis=0) - 1) * patches  # 0, p, 2p, ...
+        queries = ops.take(ops.reshape(score_features, (-1, self.score_dim)),
+                           ops.reshape(candidates + image_offsets, (-1,)), axis=0)  # (n * count, score_dim)
         bank = self._checked(self.score_bank)
-        distances = nearest_distances(ops.reshape(queries, (-1, self.score_dim)), bank, self.patch_neighbours)
+        distances = nearest_distances(queries, bank, self.patch_neighbours)
         return self._reweighted_max(queries, ops.reshape(distances, (-1, count)), bank)
 
     def _reweighted_max(self, features, scores, bank):

@@ -1,11 +1,9 @@
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import processing.environment  # noqa: E402,F401  (first: sets the variables numpy, TensorFlow and Keras read)
 SHARED_DATA = ROOT.parent / "shared" / "data"
 SMALL_SIZE = 64  # the small synthetic set's image size
 

@@ -1,6 +1,9 @@
 """The three commands end to end, as a user runs them, on small data."""
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -148,3 +151,13 @@ def test_residual_option_is_an_error_for_other_methods(workdir, small_synthetic,
     run_dir = train.main(["-d", str(small_synthetic), "-a", "patchcore", "--size", "64"])
     code, err = run_cli(finetune, ["-p", str(run_dir), "-m", "l2"], capsys)
     assert code == 2 and "apply to autoencoders only" in err and not (run_dir / "finetune.json").exists()
+
+
+@pytest.mark.parametrize("script", ["train", "finetune", "test", "predict", "export", "analyze"])
+def test_each_command_turns_numpy_huge_page_advice_off_before_numpy_loads(script):
+    # numpy reads NUMPY_MADVISE_HUGEPAGE once, on import: the command must set it before anything imports numpy.
+    code = f"import {script}, numpy; print(numpy._core.multiarray._get_madvise_hugepage())"
+    env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent, env=env,
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

@@ -78,6 +78,13 @@ def test_maps_and_scores_shapes_and_contract(patchcore, images):
     assert not patchcore.trainable_weights
 
 
+def test_features_of_every_batch_size_come_from_one_trace(patchcore, images):
+    for n in (3, 2, 5):  # a test set's last batch is usually smaller: it must not trace again
+        np.testing.assert_allclose(patchcore.extract(images[1][:n]), patchcore.patch_features(images[1][:n]).numpy(),
+                                   rtol=1e-5, atol=1e-5)
+    assert patchcore._compiled_features.experimental_get_tracing_count() == 1
+
+
 def test_pasted_square_scores_higher_and_lights_up_its_place(patchcore, images):
     normal = images[1]
     defective, masks = with_pasted_squares(normal)
