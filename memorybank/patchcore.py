@@ -32,13 +32,14 @@ import time
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
 from detectors import CoresetMemoryBank
 from memorybank.features import PatchFeatureModel
 from processing.errors import UserError
 from processing.progress import report
+
+SEARCH_BLOCK = 1024  # queries per matrix product: 32 MB of distances against a 7,800-feature bank
 
 
 @keras.saving.register_keras_serializable(package="memorybank")
@@ -164,7 +165,7 @@ class PatchCore(PatchFeatureModel):
         holds the p scored patches' features of each image, in any shape that flattens to (n, p, D)."""
         best = ops.max(scores, axis=1)
         if self.score_neighbours == 1:
-            return best  # the features are not needed: leave them unconverted (a copy per batch)
+            return best
         features = ops.reshape(features, (-1, scores.shape[1], features.shape[-1]))
         worst = ops.argmax(scores, axis=1)
         worst_features = ops.take_along_axis(features, worst[:, None, None], axis=1)[:, 0]
@@ -173,16 +174,21 @@ class PatchCore(PatchFeatureModel):
 
 def nearest_distances(queries, bank, neighbours):
     """(n,) Euclidean distance of each of the (n, D) queries to its nearest bank feature, or the mean over
-    its `neighbours` nearest. Eagerly by the detector's blocked search (memory stays bounded for any
-    bank); inside export.py's trace as one (n x bank) matrix: the caller picks the batch."""
-    if tf.executing_eagerly():
-        detector = CoresetMemoryBank.from_state({"memory_bank": ops.convert_to_numpy(bank)}, k=neighbours)
-        return detector.score_samples(ops.convert_to_numpy(queries))
-    squared = _squared_distances(queries, bank)
-    if neighbours == 1:
-        return ops.sqrt(ops.maximum(ops.min(squared, axis=1), 0.0))
-    negated, _ = ops.top_k(-squared, neighbours)
-    return ops.mean(ops.sqrt(ops.maximum(-negated, 0.0)), axis=1)
+    its `neighbours` nearest. In blocks of SEARCH_BLOCK queries, one matrix product each, so memory stays
+    bounded for any number of queries (inference and export.py trace the same search)."""
+    queries, bank = ops.convert_to_tensor(queries, "float32"), ops.convert_to_tensor(bank, "float32")
+    count = ops.shape(queries)[0]
+    padded = ops.pad(queries, [[0, (SEARCH_BLOCK - count % SEARCH_BLOCK) % SEARCH_BLOCK], [0, 0]])
+
+    def block_distances(block):
+        squared = _squared_distances(block, bank)
+        if neighbours == 1:
+            return ops.sqrt(ops.maximum(ops.min(squared, axis=1), 0.0))
+        negated, _ = ops.top_k(-squared, neighbours)
+        return ops.mean(ops.sqrt(ops.maximum(-negated, 0.0)), axis=1)
+
+    distances = ops.map(block_distances, ops.reshape(padded, (-1, SEARCH_BLOCK, queries.shape[-1])))
+    return ops.reshape(distances, (-1,))[:count]
 
 
 def rarity_weights(queries, bank, neighbours):

@@ -12,7 +12,7 @@ import test as test_cli
 import train
 from memorybank.padim import RIDGE, PaDiM, RunningGaussians, random_channels
 from processing.errors import UserError
-from tests.test_patchcore import SIZE, as_dataset, synthetic_images, with_pasted_squares
+from tests.test_patchcore import SIZE, as_dataset, patch_scores, synthetic_images, with_pasted_squares
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_patch_scores_are_mahalanobis_distances_to_each_positions_gaussian(padim
     assert len(set(chosen)) == 20 and chosen.max() < padim.feature_dim
     train_features = padim.extract(images[0])[..., chosen].reshape(30, -1, 20)
     test_features = padim.extract(images[1][:2])[..., chosen].reshape(2, -1, 20)
-    scores = padim._patch_scores(padim.extract(images[1][:2])).reshape(2, -1)
+    scores = patch_scores(padim, padim.extract(images[1][:2])).reshape(2, -1)
     for position in (0, 27, 63):
         samples = train_features[:, position].astype(np.float64)
         precision = np.linalg.inv(np.cov(samples, rowvar=False) + RIDGE * np.eye(20))

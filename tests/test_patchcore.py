@@ -18,12 +18,17 @@ import test as test_cli
 import train
 from backbones.pretrained import feature_extractor
 from memorybank.features import fold_batch_norms, patch_feature_model, upsample_and_blur
-from memorybank.patchcore import PatchCore, rarity_weights
+from memorybank.patchcore import SEARCH_BLOCK, PatchCore, nearest_distances, rarity_weights
 from processing import data
 from processing.errors import UserError
 
 SIZE = 64
 SQUARE = 12
+
+
+def patch_scores(model, features):
+    """(n, h, w) numpy patch scores of a batch of features, from the method's keras.ops scoring."""
+    return keras.ops.convert_to_numpy(model._graph_patch_scores(features))
 
 
 def synthetic_images(dataset_root, channels=3):
@@ -139,7 +144,7 @@ def test_image_score_reweighting_keeps_the_ranking(images):
     assert roc_auc_score(np.r_[np.zeros(10), np.ones(10)], reweighted) >= 0.9
 
 
-def test_patch_neighbours_average_the_k_nearest_bank_distances_in_both_paths(patchcore, images, tmp_path):
+def test_patch_neighbours_average_the_k_nearest_bank_distances_eagerly_and_traced(patchcore, images, tmp_path):
     model = PatchCore.from_config({**patchcore.get_config(), "patch_neighbours": 3})
     model.set_weights(patchcore.get_weights())
     features = model.extract(images[1][:2])
@@ -147,10 +152,10 @@ def test_patch_neighbours_average_the_k_nearest_bank_distances_in_both_paths(pat
     bank = model.memory_bank.numpy()
     distances = brute_force_distances(queries, bank)
     expected = np.sort(distances, axis=1)[:, :3].mean(axis=1).reshape(features.shape[:3])
-    np.testing.assert_allclose(model._patch_scores(features), expected, rtol=1e-4, atol=1e-4)
-    traced = tf.function(model._graph_patch_scores)(tf.constant(features))  # the one-matmul path export.py traces
+    np.testing.assert_allclose(patch_scores(model, features), expected, rtol=1e-4, atol=1e-4)
+    traced = tf.function(model._graph_patch_scores)(tf.constant(features))  # as inference and export.py run it
     np.testing.assert_allclose(traced.numpy(), expected, rtol=1e-3, atol=1e-3)
-    assert (expected >= patchcore._patch_scores(features) - 1e-4).all()  # the nearest is the smallest of the three
+    assert (expected >= patch_scores(patchcore, features) - 1e-4).all()  # the nearest is the smallest of the three
     model.save(tmp_path / "model.keras")
     reloaded = keras.saving.load_model(tmp_path / "model.keras", compile=False)
     assert reloaded.patch_neighbours == 3
@@ -174,8 +179,8 @@ def test_score_bank_keeps_the_maps_and_scores_images_by_the_deeper_features_of_t
     maps, scores = model.maps_and_scores(batch)
     np.testing.assert_allclose(maps, patchcore.anomaly_map(batch), atol=1e-5)
     map_features, score_features = model.extract(batch)
-    patch_scores = patchcore._patch_scores(map_features).reshape(len(batch), -1)
-    chosen = np.argsort(-patch_scores, axis=1)[:, :candidates]
+    map_scores = patch_scores(patchcore, map_features).reshape(len(batch), -1)
+    chosen = np.argsort(-map_scores, axis=1)[:, :candidates]
     queries = np.take_along_axis(score_features.reshape(len(batch), -1, model.score_dim), chosen[..., None], axis=1)
     expected = brute_force_distances(queries.reshape(-1, model.score_dim), model.score_bank.numpy()).min(axis=1)
     np.testing.assert_allclose(scores, expected.reshape(len(batch), candidates).max(axis=1), rtol=1e-4)
@@ -209,6 +214,18 @@ def test_score_bank_with_reweighting_uses_the_score_bank(score_bank_model, image
     reweighted = model.score(images[1])
     assert ((reweighted >= plain * (1 - 1 / 9) - 1e-5) & (reweighted <= plain + 1e-5)).all()
     assert not np.allclose(reweighted, plain)
+
+
+@pytest.mark.parametrize("neighbours", [1, 3])
+def test_search_in_blocks_matches_brute_force_for_a_partial_last_block(neighbours):
+    rng = np.random.default_rng(0)
+    queries = rng.normal(size=(2 * SEARCH_BLOCK + 37, 6)).astype(np.float32)  # three blocks, the last one short
+    bank = rng.normal(size=(50, 6)).astype(np.float32)
+    expected = np.sort(brute_force_distances(queries, bank), axis=1)[:, :neighbours].mean(axis=1)
+    for search in (nearest_distances, tf.function(nearest_distances, reduce_retracing=True)):
+        distances = keras.ops.convert_to_numpy(search(queries, bank, neighbours))
+        assert distances.shape == (len(queries),)
+        np.testing.assert_allclose(distances, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_rarity_weight_is_higher_when_the_nearest_normal_feature_is_rare():
