@@ -252,7 +252,7 @@ class PatchFeatureModel(AnomalyModel):
     def _batch_maps_and_scores(self, images):
         # One graph from images to scores: the search then runs on TensorFlow's threads right after the
         # backbone, with no copies out to numpy in between (magnetic_tile with the image-score bank:
-        # 31 -> 26 ms per image on 2 cores).
+        # 31-33 -> 29-30 ms per image on 2 cores, measured alternately).
         maps, scores = self._compiled_maps_and_scores(images)
         return ops.convert_to_numpy(maps), ops.convert_to_numpy(scores).astype(np.float32)
 

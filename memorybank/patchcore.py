@@ -151,13 +151,9 @@ class PatchCore(PatchFeatureModel):
             return self._reweighted_max(map_features, flat_scores, self.memory_bank)
         count = max(1, math.ceil(self.score_candidates * patches))
         _, candidates = ops.top_k(flat_scores, count)
-        # A plain gather of rows by flat index: take_along_axis would broadcast the (n, count) indices
-        # over all score_dim channels, which took longer than the search itself on CPU.
-        image_offsets = (ops.cumsum(ops.ones_like(candidates[:, :1]), axis=0) - 1) * patches  # 0, p, 2p, ...
-        queries = ops.take(ops.reshape(score_features, (-1, self.score_dim)),
-                           ops.reshape(candidates + image_offsets, (-1,)), axis=0)  # (n * count, score_dim)
+        queries = patches_at(score_features, candidates, patches)  # (n, count, score_dim)
         bank = self._checked(self.score_bank)
-        distances = nearest_distances(queries, bank, self.patch_neighbours)
+        distances = nearest_distances(ops.reshape(queries, (-1, self.score_dim)), bank, self.patch_neighbours)
         return self._reweighted_max(queries, ops.reshape(distances, (-1, count)), bank)
 
     def _reweighted_max(self, features, scores, bank):
@@ -166,10 +162,16 @@ class PatchCore(PatchFeatureModel):
         best = ops.max(scores, axis=1)
         if self.score_neighbours == 1:
             return best
-        features = ops.reshape(features, (-1, scores.shape[1], features.shape[-1]))
-        worst = ops.argmax(scores, axis=1)
-        worst_features = ops.take_along_axis(features, worst[:, None, None], axis=1)[:, 0]
+        worst_features = patches_at(features, ops.argmax(scores, axis=1)[:, None], scores.shape[1])[:, 0]
         return best * rarity_weights(worst_features, bank, self.score_neighbours)
+
+
+def patches_at(features, indices, patches):
+    """(n, k, D) features of each image's patches at its (n, k) `indices`; `features` in any shape that
+    flattens to (n, patches, D). Gathered by flat row index: take_along_axis would broadcast the
+    indices over all D channels, which took longer than the nearest-neighbour search on CPU."""
+    rows = indices + ops.arange(ops.shape(indices)[0], dtype=indices.dtype)[:, None] * patches
+    return ops.take(ops.reshape(features, (-1, features.shape[-1])), rows, axis=0)
 
 
 def nearest_distances(queries, bank, neighbours):
