@@ -12,6 +12,7 @@ import pytest
 import finetune
 import test as test_cli
 import train
+from processing.environment import LOADING_NOTICES, without_loading_notices
 
 
 def run_cli(module, argv, capsys):
@@ -154,10 +155,21 @@ def test_residual_option_is_an_error_for_other_methods(workdir, small_synthetic,
 
 
 @pytest.mark.parametrize("script", ["train", "finetune", "test", "predict", "export", "analyze"])
-def test_each_command_turns_numpy_huge_page_advice_off_before_numpy_loads(script):
+def test_each_command_sets_up_numpy_and_tensorflow_before_they_load(script):
     # numpy reads NUMPY_MADVISE_HUGEPAGE once, on import: the command must set it before anything imports numpy.
-    code = f"import {script}, numpy; print(numpy._core.multiarray._get_madvise_hugepage())"
-    env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+    # TensorFlow (loaded by every command) prints its loading notices to the stderr file descriptor: none may
+    # reach the user.
+    code = f"import sys, {script}, numpy; print(numpy._core.multiarray._get_madvise_hugepage(), 'tensorflow' in sys.modules)"
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMPY_MADVISE_HUGEPAGE", "TF_CPP_MIN_LOG_LEVEL")}
     result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent, env=env,
                             capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "False"
+    assert result.stdout.strip() == "False True"
+    assert not any(notice in result.stderr for notice in LOADING_NOTICES), result.stderr
+
+
+def test_only_tensorflows_loading_notices_are_held_back():
+    text = ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+            "I0000 00:00:17.1 20 port.cc:153] oneDNN custom operations are on. You may see slightly different\n"
+            "W0000 real warning from a kernel\n"
+            "Traceback: something broke")
+    assert without_loading_notices(text) == "W0000 real warning from a kernel\nTraceback: something broke"
