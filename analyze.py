@@ -14,8 +14,8 @@ ROC AUC per held-out class. See processing/embedding_analysis.py for the details
 import argparse
 from dataclasses import dataclass
 
-import processing.environment  # noqa: F401  (first: sets the variables numpy, TensorFlow and Keras read)
-from processing.errors import CommandLineParser, UserError, cli_entry  # noqa: E402
+import processing.environment  # noqa: F401  (first: sets what numpy, TensorFlow and Keras read, loads TensorFlow quietly)
+from processing.errors import CommandLineParser, UserError, cli_entry
 
 DEFAULT_SIZE = 224  # the backbone's ImageNet size; with -p the model's own size is used
 

@@ -13,9 +13,9 @@ channels, versions and the source run.
 import argparse
 from dataclasses import dataclass
 
-import processing.environment  # noqa: F401  (first: sets the variables numpy, TensorFlow and Keras read)
-from processing.errors import CommandLineParser, cli_entry  # noqa: E402
-from processing.export import FORMATS  # noqa: E402
+import processing.environment  # noqa: F401  (first: sets what numpy, TensorFlow and Keras read, loads TensorFlow quietly)
+from processing.errors import CommandLineParser, cli_entry
+from processing.export import FORMATS
 
 
 @dataclass

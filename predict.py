@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import processing.environment  # noqa: F401  (first: sets the variables numpy, TensorFlow and Keras read)
-from processing.errors import CommandLineParser, UserError, cli_entry  # noqa: E402
+import processing.environment  # noqa: F401  (first: sets what numpy, TensorFlow and Keras read, loads TensorFlow quietly)
+from processing.errors import CommandLineParser, UserError, cli_entry
 
 PROGRESS_EVERY_SECONDS = 5.0
 

@@ -14,8 +14,8 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field, fields
 
-import processing.environment  # noqa: F401  (first: sets the variables numpy, TensorFlow and Keras read)
-from processing.errors import CommandLineParser, UserError, cli_entry  # noqa: E402
+import processing.environment  # noqa: F401  (first: sets what numpy, TensorFlow and Keras read, loads TensorFlow quietly)
+from processing.errors import CommandLineParser, UserError, cli_entry
 
 INSPECTED_NORMAL_IMAGES = 64  # training images behind the -i plots of a method (e.g. a t-SNE)
 DEFAULT_METHOD = "patchcore"  # the most accurate method here, and it trains in seconds

@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-import processing.environment  # noqa: E402,F401  (first: sets the variables numpy, TensorFlow and Keras read)
+import processing.environment  # noqa: E402,F401  (first: sets what numpy, TensorFlow and Keras read, loads TensorFlow quietly)
 
 from bench.common import SHARED_DATA, categories, inside, previous_rows, train_timed, write_table  # noqa: E402
 from bench.run import VARIANTS  # noqa: E402

@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-import processing.environment  # noqa: E402,F401  (first: sets the variables numpy, TensorFlow and Keras read)
+import processing.environment  # noqa: E402,F401  (first: sets what numpy, TensorFlow and Keras read, loads TensorFlow quietly)
 
 from bench.chart import save_chart  # noqa: E402
 from bench.common import SHARED_DATA, categories, previous_rows, run_one, write_table  # noqa: E402

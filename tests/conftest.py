@@ -3,7 +3,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-import processing.environment  # noqa: E402,F401  (first: sets the variables numpy, TensorFlow and Keras read)
+import processing.environment  # noqa: E402,F401  (first: sets what numpy, TensorFlow and Keras read, loads TensorFlow quietly)
 SHARED_DATA = ROOT.parent / "shared" / "data"
 SMALL_SIZE = 64  # the small synthetic set's image size
 
