@@ -23,10 +23,12 @@ def _autoencoder(architecture):
 def _patchcore(config):
     from memorybank.patchcore import PatchCore
 
-    return PatchCore(backbone=config.backbone, feature_strides=config.options["feature_strides"],
-                     coreset_ratio=config.options["coreset_ratio"], score_neighbours=config.options["score_neighbours"],
-                     patch_neighbours=config.options["patch_neighbours"], score_strides=config.options["score_strides"],
-                     score_candidates=config.options["score_candidates"], seed=config.seed,
+    options = config.options
+    return PatchCore(backbone=config.backbone, feature_strides=options["feature_strides"],
+                     feature_stages=options["feature_stages"], score_strides=options["score_strides"],
+                     score_stages=options["score_stages"], coreset_ratio=options["coreset_ratio"],
+                     score_neighbours=options["score_neighbours"], patch_neighbours=options["patch_neighbours"],
+                     score_candidates=options["score_candidates"], seed=config.seed,
                      input_size=config.size, channels=config.channels)
 
 
@@ -34,15 +36,20 @@ def _padim(config):
     from memorybank.padim import PaDiM
 
     return PaDiM(backbone=config.backbone, feature_strides=config.options["feature_strides"],
-                 padim_features=config.options["padim_features"], seed=config.seed,
-                 input_size=config.size, channels=config.channels)
+                 feature_stages=config.options["feature_stages"], padim_features=config.options["padim_features"],
+                 seed=config.seed, input_size=config.size, channels=config.channels)
 
 
 def _memorybank_arguments(parser):
     group = parser.add_argument_group("patchcore / padim")
-    group.add_argument("--feature-strides", type=int, nargs="+", default=[8, 16],
-                       help="patchcore, padim: backbone stages (by stride: 4 8 16 32) whose features are concatenated; "
-                            "16 32 sees larger regions (textures, large defects) and runs about 15 %% slower")
+    group.add_argument("--feature-strides", type=int, nargs="+", default=None,
+                       help="patchcore, padim: backbone stages (by stride: 4 8 16 32; default 8 16) whose features "
+                            "are concatenated; 16 32 sees larger regions (textures, large defects) and runs about "
+                            "15 %% slower")
+    group.add_argument("--feature-stages", type=int, nargs="+", default=None,
+                       help="patchcore, padim: the same stages by index instead (1-6, timm's blocks.N; Lite0: 24, "
+                            "40, 80, 112, 192, 320 channels at stride 4, 8, 16, 16, 32, 32; default 2 4); a stride "
+                            "names the last stage at it, an index also reaches stages 3 and 5")
     group.add_argument("--coreset-ratio", type=float, default=0.1, help="patchcore: fraction of patch features kept")
     group.add_argument("--score-neighbours", type=int, default=1,
                        help="patchcore: reweight the image score by the b bank features nearest to the worst patch's "
@@ -54,8 +61,11 @@ def _memorybank_arguments(parser):
                        help="patchcore: a second bank of these stages' features (e.g. 8 16 32) for the image score "
                             "only, from the same backbone pass; maps keep --feature-strides. Must include the finest "
                             "of --feature-strides")
+    group.add_argument("--score-stages", type=int, nargs="+", default=None,
+                       help="patchcore: the image-score bank's stages by index instead (as --feature-stages), "
+                            "e.g. 2 4 5 for the 192-channel stride-32 stage")
     group.add_argument("--score-candidates", type=float, default=0.25,
-                       help="patchcore with --score-strides: share of patches, those with the highest map scores, "
+                       help="patchcore with --score-strides or --score-stages: share of patches, those with the highest map scores, "
                             "searched in the image-score bank")
     group.add_argument("--padim-features", type=int, default=100, help="padim: random feature channels kept")
 

@@ -21,7 +21,9 @@ from processing.atomic import atomic_path
 from processing.errors import UserError
 
 VARIANTS = tuple(efficientnet_lite.SCALING)  # ("lite0", "lite1", "lite2")
-FEATURE_STRIDES = tuple(sorted(set(efficientnet_lite.stage_strides())))  # (2, 4, 8, 16, 32)
+STAGE_STRIDES = efficientnet_lite.stage_strides()  # where each stage ends: (2, 4, 8, 16, 16, 32, 32)
+STAGES = tuple(range(len(STAGE_STRIDES)))
+FEATURE_STRIDES = tuple(sorted(set(STAGE_STRIDES)))  # (2, 4, 8, 16, 32)
 WEIGHTS_PACKAGE_VERSION = "0.1.0"
 CACHE_FORMAT = 1  # bump whenever layer names or the conversion change, so old caches are not reused
 
@@ -39,24 +41,39 @@ def classifier(variant="lite0"):
 def feature_extractor(variant="lite0", strides=(4, 8, 16), trainable=False):
     """Pretrained multi-scale features: (N, H, W, 3) float in [0, 1] -> list of maps, one per stride.
 
-    The map at stride s is the output of the last block of the last stage that ends at stride s
-    (Lite0 channels: 2 -> 16, 4 -> 24, 8 -> 40, 16 -> 112, 32 -> 320, the latter before the head conv).
+    The map at stride s is the output of the last stage that ends at stride s (`stages_at`; Lite0
+    channels: 2 -> 16, 4 -> 24, 8 -> 40, 16 -> 112, 32 -> 320, the latter before the head conv).
+    Frozen unless `trainable`; see `stage_extractor`.
+    """
+    return stage_extractor(variant, stages_at(strides), trainable)
+
+
+def stage_extractor(variant="lite0", stages=(2, 4), trainable=False):
+    """Pretrained features of the given stages (0-6, EfficientNet's seven, timm's `blocks.N`; Lite0:
+    16, 24, 40, 80, 112, 192, 320 channels at stride 2, 4, 8, 16, 16, 32, 32), a list in that order.
+
     The network is cut after the deepest requested stage. Frozen unless `trainable`; when trainable,
     BatchNorm layers use and update batch statistics under fit unless they are frozen individually.
-    Keras unwraps single-output models: with one stride the model returns that map, not a list.
+    Keras unwraps single-output models: with one stage the model returns that map, not a list.
     """
     variant = _checked(variant)
+    unknown = [stage for stage in stages if stage not in STAGES]
+    if not stages or unknown:
+        raise UserError(f"unsupported feature stage {unknown[0] if unknown else 'none'}; choose from {_listing(STAGES)}")
+    model = efficientnet_lite.features_model(variant, list(stages))
+    _assign(model, load_backbone(variant))
+    model.trainable = trainable
+    return model
+
+
+def stages_at(strides):
+    """The last stage ending at each stride, in the given order (8 -> 2, 16 -> 4, 32 -> 6)."""
     if not strides:
         raise UserError(f"no feature strides requested; choose from {_listing(FEATURE_STRIDES)}")
     unknown = [stride for stride in strides if stride not in FEATURE_STRIDES]
     if unknown:
         raise UserError(f"unsupported feature stride {unknown[0]}; choose from {_listing(FEATURE_STRIDES)}")
-    ends_at = efficientnet_lite.stage_strides()
-    last_stage_at = {stride: max(i for i, end in enumerate(ends_at) if end == stride) for stride in strides}
-    model = efficientnet_lite.features_model(variant, [last_stage_at[stride] for stride in strides])
-    _assign(model, load_backbone(variant))
-    model.trainable = trainable
-    return model
+    return tuple(max(stage for stage, end in enumerate(STAGE_STRIDES) if end == stride) for stride in strides)
 
 
 def load_backbone(variant="lite0"):

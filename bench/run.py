@@ -58,6 +58,8 @@ VARIANTS = {
     "patchcore-lite0-s8-16-32": ("patchcore", "--backbone lite0 --coreset-ratio 0.01 --feature-strides 8 16 32"),
     # Maps from the default stride 8/16 bank, image scores from a second, stride 8/16/32 bank (one backbone pass).
     "patchcore-lite0-score32": ("patchcore", "--backbone lite0 --coreset-ratio 0.01 --score-strides 8 16 32"),
+    # The same with the 192-channel stride-32 stage (5) in the image-score bank instead of the 320-channel one (6).
+    "patchcore-lite0-score-st245": ("patchcore", "--backbone lite0 --coreset-ratio 0.01 --score-stages 2 4 5"),
     # The paper's image-score reweighting over 9 bank neighbours (anomalib's default), on both feature depths.
     "patchcore-lite0-nb9": ("patchcore", "--backbone lite0 --coreset-ratio 0.01 --score-neighbours 9"),
     "patchcore-lite0-s16-32-nb9": ("patchcore", "--backbone lite0 --coreset-ratio 0.01 --feature-strides 16 32 "

@@ -1,12 +1,13 @@
 """Locally aware patch features of a frozen pretrained backbone, shared by PatchCore and PaDiM.
 
-Two middle stages of EfficientNet-Lite (by default stride 8 and 16: 40 + 112 = 152 channels for
-Lite0; `--feature-strides` picks others) are each averaged over their 3x3 neighbourhood, so a patch
-feature also describes its surroundings (PatchCore, Roth et al. 2022, section 3.1). The deeper maps
-are upsampled (bilinear) to the grid of the finest and all are concatenated: (N, S, S, C) images ->
-(N, S/s, S/s, D) features, s the finest stride. Deeper stages (16 and 32) see larger regions, which
-suits textures and large defects; the stride-32 stages cost more than the coarser grid saves (about
-15 % slower on CPU).
+Two middle stages of EfficientNet-Lite (by default stages 2 and 4, the last at stride 8 and 16: 40 +
+112 = 152 channels for Lite0; `--feature-strides` picks others by stride, `--feature-stages` by index,
+which also reaches stages 3 and 5, those that end earlier at stride 16 and 32) are each averaged over
+their 3x3 neighbourhood, so a patch feature also describes its surroundings (PatchCore, Roth et al.
+2022, section 3.1). The deeper maps are upsampled (bilinear) to the grid of the finest and all are
+concatenated: (N, S, S, C) images -> (N, S/s, S/s, D) features, s the finest stride. Deeper stages
+(16 and 32) see larger regions, which suits textures and large defects; the stride-32 stages cost more
+than the coarser grid saves (about 15 % slower on CPU).
 
 The 3x3 average counts the zero padding at the border, as the PyTorch reference implementations
 (AvgPool2d(3, 1, 1), padding included) do: the outermost ring of each stage map shrinks towards zero
@@ -30,50 +31,51 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
-from backbones.pretrained import feature_extractor
+from backbones.pretrained import STAGE_STRIDES, stage_extractor, stages_at
 from processing.anomaly_model import AnomalyModel
 from processing.errors import UserError
 from processing.progress import report
 
-FEATURE_STRIDES = (8, 16)
+FEATURE_STAGES = (2, 4)  # the last stages at stride 8 and 16
 STRIDE_CHOICES = (4, 8, 16, 32)
+STAGE_CHOICES = tuple(stage for stage, stride in enumerate(STAGE_STRIDES) if stride in STRIDE_CHOICES)  # 1-6
 MAP_SIGMA = 4.0
 PROGRESS_EVERY_SECONDS = 5.0
 
 
-def patch_feature_model(variant, input_size, channels, strides=FEATURE_STRIDES, score_strides=None):
+def patch_feature_model(variant, input_size, channels, stages=FEATURE_STAGES, score_stages=None):
     """Functional model: (N, S, S, channels) images in [0, 1] -> (N, h, w, D) patch features.
 
-    With `score_strides`, a second output: the features of those stages on their own finest grid,
+    With `score_stages`, a second output: the features of those stages on their own finest grid,
     from the same backbone pass (PatchCore's image-score bank). Grayscale is replicated to RGB inside
     the model, so callers pass images as they are.
     """
     images = keras.Input(shape=(input_size, input_size, channels), name="images")
     rgb = layers.Concatenate(name="to_rgb")([images] * 3) if channels == 1 else images
-    needed = tuple(sorted(set(strides) | set(score_strides or ())))
-    backbone = fold_batch_norms(feature_extractor(variant, strides=needed))
+    needed = tuple(sorted(set(stages) | set(score_stages or ())))
+    backbone = fold_batch_norms(stage_extractor(variant, needed))
     stage_maps = backbone(rgb)
-    stage_maps = stage_maps if isinstance(stage_maps, list) else [stage_maps]  # one stride: a bare tensor
+    stage_maps = stage_maps if isinstance(stage_maps, list) else [stage_maps]  # one stage: a bare tensor
     local_means = {}
-    for stride, stage_map in zip(needed, stage_maps):
-        padded = layers.ZeroPadding2D(1, name=f"zero_border_s{stride}")(stage_map)
-        local_means[stride] = layers.AveragePooling2D(pool_size=3, strides=1, padding="valid",
-                                                      name=f"local_mean_s{stride}")(padded)
-    outputs = [_on_one_grid(local_means, strides, prefix="")]
-    if score_strides:
-        outputs.append(_on_one_grid(local_means, score_strides, prefix="score_"))
-    return keras.Model(images, outputs if score_strides else outputs[0], name=f"patch_features_{variant}")
+    for stage, stage_map in zip(needed, stage_maps):
+        padded = layers.ZeroPadding2D(1, name=f"zero_border_stage{stage}")(stage_map)
+        local_means[stage] = layers.AveragePooling2D(pool_size=3, strides=1, padding="valid",
+                                                     name=f"local_mean_stage{stage}")(padded)
+    outputs = [_on_one_grid(local_means, stages, prefix="")]
+    if score_stages:
+        outputs.append(_on_one_grid(local_means, score_stages, prefix="score_"))
+    return keras.Model(images, outputs if score_stages else outputs[0], name=f"patch_features_{variant}")
 
 
-def _on_one_grid(local_means, strides, prefix):
-    """The local means of `strides`, upsampled (bilinear) to the finest one's grid and concatenated."""
-    strides = sorted(strides)
-    grid = tuple(local_means[strides[0]].shape[1:3])
+def _on_one_grid(local_means, stages, prefix):
+    """The local means of `stages`, upsampled (bilinear) to the finest one's grid and concatenated."""
+    stages = sorted(stages)  # stages never get finer, so the first has the finest grid
+    grid = tuple(local_means[stages[0]].shape[1:3])
     aggregated = []
-    for stride in strides:
-        x = local_means[stride]
+    for stage in stages:
+        x = local_means[stage]
         if tuple(x.shape[1:3]) != grid:
-            x = layers.Resizing(*grid, interpolation="bilinear", name=f"{prefix}upsample_s{stride}")(x)
+            x = layers.Resizing(*grid, interpolation="bilinear", name=f"{prefix}upsample_stage{stage}")(x)
         aggregated.append(x)
     return layers.Concatenate(name=f"{prefix}patch_features")(aggregated) if len(aggregated) > 1 else aggregated[0]
 
@@ -162,13 +164,21 @@ def _upsample_blur_operator(grid, size, sigma):
     return (blur @ upsample).astype(np.float32)
 
 
-def checked_strides(strides, flag):
-    """The distinct strides in increasing order; UserError naming `flag` for an unknown or missing one."""
-    checked = tuple(sorted(set(int(s) for s in strides)))
-    if not checked or not set(checked) <= set(STRIDE_CHOICES):
-        raise UserError(f"{flag} must be one or more of {', '.join(map(str, STRIDE_CHOICES))}, "
-                        f"got {' '.join(map(str, strides)) or 'none'}")
-    return checked
+def chosen_stages(strides, stages, which):
+    """The backbone stages `--{which}-strides` or `--{which}-stages` pick (not both), distinct and in
+    increasing order; None when neither is given. UserError naming the flag for a bad value."""
+    if strides is not None and stages is not None:
+        raise UserError(f"give --{which}-strides or --{which}-stages, not both")
+    if strides is None and stages is None:
+        return None
+    by_index = stages is not None
+    flag, values, choices = ((f"--{which}-stages", stages, STAGE_CHOICES) if by_index
+                             else (f"--{which}-strides", strides, STRIDE_CHOICES))
+    checked = tuple(sorted(set(int(value) for value in values)))
+    if not checked or not set(checked) <= set(choices):
+        raise UserError(f"{flag} must be one or more of {', '.join(map(str, choices))}, "
+                        f"got {' '.join(map(str, values)) or 'none'}")
+    return checked if by_index else stages_at(checked)
 
 
 class PatchFeatureModel(AnomalyModel):
@@ -176,29 +186,31 @@ class PatchFeatureModel(AnomalyModel):
 
     Subclasses implement `_graph_patch_scores(features) -> (n, h, w)` in keras.ops and may override
     `_image_scores` (keras.ops too). Inference runs them, with the backbone, as one compiled function:
-    the graph export.py traces, so both give the same maps. With `score_strides` the features they get
+    the graph export.py traces, so both give the same maps. With `score_stages` the features they get
     are a pair: (map features, image-score features).
     """
 
     trains_by_gradient = False
     default_validation_fraction = 0.0  # no epochs to validate: every normal image goes into the statistics
 
-    def __init__(self, backbone="lite0", feature_strides=FEATURE_STRIDES, score_strides=None, **kwargs):
+    def __init__(self, backbone="lite0", feature_strides=None, feature_stages=None, score_strides=None,
+                 score_stages=None, **kwargs):
         super().__init__(**kwargs)
         self.backbone = backbone
-        self.feature_strides = checked_strides(feature_strides, "--feature-strides")
-        self.score_strides = checked_strides(score_strides, "--score-strides") if score_strides else None
-        if self.score_strides == self.feature_strides:
-            self.score_strides = None  # the same features: one set serves maps and image scores
-        self.patch_features = patch_feature_model(backbone, self.input_size, self.channels, self.feature_strides,
-                                                  self.score_strides)
+        self.feature_stages = chosen_stages(feature_strides, feature_stages, "feature") or FEATURE_STAGES
+        self.score_stages = chosen_stages(score_strides, score_stages, "score")
+        if self.score_stages == self.feature_stages:
+            self.score_stages = None  # the same features: one set serves maps and image scores
+        self.patch_features = patch_feature_model(backbone, self.input_size, self.channels, self.feature_stages,
+                                                  self.score_stages)
         outputs = self.patch_features.outputs
         _, self.grid_height, self.grid_width, self.feature_dim = outputs[0].shape
-        self.score_dim = outputs[1].shape[-1] if self.score_strides else None
+        self.score_dim = outputs[1].shape[-1] if self.score_stages else None
 
     def get_config(self):
-        return {**super().get_config(), "backbone": self.backbone, "feature_strides": list(self.feature_strides),
-                "score_strides": list(self.score_strides) if self.score_strides else None}
+        # Models saved before stages could be named carry feature_strides / score_strides: still accepted.
+        return {**super().get_config(), "backbone": self.backbone, "feature_stages": list(self.feature_stages),
+                "score_stages": list(self.score_stages) if self.score_stages else None}
 
     # ---- what subclasses implement
     def _graph_patch_scores(self, features):
@@ -210,10 +222,10 @@ class PatchFeatureModel(AnomalyModel):
 
     # ---- features
     def extract(self, images):
-        """(n, h, w, D) float32 numpy features of one batch (a pair of them with `score_strides`), by a
+        """(n, h, w, D) float32 numpy features of one batch (a pair of them with `score_stages`), by a
         compiled function (about 2x faster than an eager call)."""
         features = self._compiled_features(images)
-        return tuple(ops.convert_to_numpy(f) for f in features) if self.score_strides else ops.convert_to_numpy(features)
+        return tuple(ops.convert_to_numpy(f) for f in features) if self.score_stages else ops.convert_to_numpy(features)
 
     @functools.cached_property
     def _compiled_features(self):

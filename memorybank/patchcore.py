@@ -19,13 +19,13 @@ features nearest to m* (m* included). The weight is about 1 - 1/b when m* lies a
 normal features and close to 1 when m* is itself a rare normal feature, so an anomaly whose nearest
 normal patch is rare keeps more of its score. The paper uses b = 9; the default 1 keeps the plain max.
 
-Image-score bank (`score_strides`, e.g. 8 16 32): a second coreset, of features that add deeper
-stages, from the same backbone pass, for the image score only; maps stay with the first bank's finer
-features. The stride-32 context decides whether an image is anomalous better (bench: glass_fiber image
-AUROC 0.903 -> 0.99, juice_bottle 0.954 -> 0.995) while it blurs the outlines of small defects. To
-keep the second search cheap, only the `score_candidates` share of patches with the highest map scores
-is scored against it (a quarter gave the same image AUROC as all patches on the bench categories); the
-image score is the largest of those distances, reweighted as above with the second bank.
+Image-score bank (`score_strides`, e.g. 8 16 32, or `score_stages`, e.g. 2 4 5): a second coreset, of
+features that add deeper stages, from the same backbone pass, for the image score only; maps stay with
+the first bank's finer features. The stride-32 context decides whether an image is anomalous better
+(bench: glass_fiber image AUROC 0.903 -> 0.99, juice_bottle 0.954 -> 0.995) while it blurs the outlines
+of small defects. To keep the second search cheap, only the `score_candidates` share of patches with the
+highest map scores is scored against it (a quarter gave the same image AUROC as all patches on the bench
+categories); the image score is the largest of those distances, reweighted as above with the second bank.
 """
 import math
 import time
@@ -35,6 +35,7 @@ import numpy as np
 from keras import ops
 
 from detectors import CoresetMemoryBank
+from backbones.pretrained import STAGE_STRIDES
 from memorybank.features import PatchFeatureModel
 from processing.errors import UserError
 from processing.progress import report
@@ -57,10 +58,11 @@ class PatchCore(PatchFeatureModel):
             raise UserError(f"--patch-neighbours must be at least 1, got {patch_neighbours}")
         if not 0 < score_candidates <= 1:
             raise UserError(f"--score-candidates must be in (0, 1], got {score_candidates}")
-        if self.score_strides and min(self.score_strides) != min(self.feature_strides):
+        if self.score_stages and STAGE_STRIDES[self.score_stages[0]] != STAGE_STRIDES[self.feature_stages[0]]:
             # Candidates are picked by map score, so both feature sets must share one grid.
-            raise UserError(f"--score-strides must include the finest of --feature-strides "
-                            f"({min(self.feature_strides)}), got {' '.join(map(str, self.score_strides))}")
+            strides = " ".join(str(STAGE_STRIDES[stage]) for stage in self.score_stages)
+            raise UserError(f"--score-strides / --score-stages must include a stage at stride "
+                            f"{STAGE_STRIDES[self.feature_stages[0]]}, the grid of the map features; got strides {strides}")
         self.coreset_ratio = float(coreset_ratio)
         self.score_neighbours = int(score_neighbours)
         self.patch_neighbours = int(patch_neighbours)
@@ -97,7 +99,7 @@ class PatchCore(PatchFeatureModel):
             map_batches.append(map_features)
             score_batches.append(score_features)
         self.memory_bank = self._store_bank("memory_bank", self._coreset(np.concatenate(map_batches), "map"))
-        if self.score_strides:
+        if self.score_stages:
             self.score_bank = self._store_bank("score_bank", self._coreset(np.concatenate(score_batches), "score"))
 
     def _coreset(self, features, which):
@@ -130,7 +132,7 @@ class PatchCore(PatchFeatureModel):
 
     def _split(self, features):
         """(map features, image-score features or None)."""
-        return tuple(features) if self.score_strides else (features, None)
+        return tuple(features) if self.score_stages else (features, None)
 
     def _checked(self, bank):
         if bank is None:

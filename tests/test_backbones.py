@@ -86,6 +86,19 @@ def test_feature_extractor_is_cut_at_deepest_stride_and_keeps_order(lite0_classi
     assert not any(layer.name.startswith("block6_") for layer in shallow.layers)
 
 
+def test_stage_extractor_reaches_every_stage_and_strides_name_the_last_at_each():
+    assert pretrained.stages_at((4, 8, 16, 32)) == (1, 2, 4, 6)
+    model = pretrained.stage_extractor("lite0", stages=(5, 3))
+    features = model(np.zeros((1, 64, 64, 3), "float32"))
+    assert [f.shape for f in features] == [(1, 2, 2, 192), (1, 4, 4, 80)]
+    assert not any(layer.name.startswith("block15_") for layer in model.layers)  # stage 6 not built
+
+
+def test_unknown_stage_lists_valid_ones():
+    with pytest.raises(UserError, match="unsupported feature stage 7; choose from 0, 1, 2, 3, 4, 5, 6"):
+        pretrained.stage_extractor("lite0", stages=(2, 7))
+
+
 def test_second_load_comes_from_cache(cache_dir, monkeypatch):
     pretrained.load_backbone("lite0")  # converts if no earlier test did
     assert (cache_dir / f"efficientnet_lite0.v{pretrained.CACHE_FORMAT}.npz").is_file()

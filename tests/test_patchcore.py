@@ -172,7 +172,7 @@ def score_bank_model(images):
 def test_score_bank_keeps_the_maps_and_scores_images_by_the_deeper_features_of_the_candidates(
         score_bank_model, patchcore, images):
     model, candidates = score_bank_model, 16  # a quarter of the 8 x 8 grid
-    assert model.score_strides == (8, 16, 32) and model.score_dim == model.feature_dim + 320
+    assert model.score_stages == (2, 4, 6) and model.score_dim == model.feature_dim + 320
     np.testing.assert_array_equal(model.memory_bank.numpy(), patchcore.memory_bank.numpy())  # same seed, same bank
     pasted, _ = with_pasted_squares(images[1])
     batch = np.concatenate([images[1], pasted])
@@ -198,7 +198,7 @@ def test_with_every_patch_a_candidate_the_score_is_the_deeper_bank_max(score_ban
 def test_score_bank_reloads_and_its_graph_matches_eager_inference(score_bank_model, images, tmp_path):
     score_bank_model.save(tmp_path / "model.keras")
     reloaded = keras.saving.load_model(tmp_path / "model.keras", compile=False)
-    assert (reloaded.score_strides, reloaded.score_bank_size) == ((8, 16, 32), score_bank_model.score_bank_size)
+    assert (reloaded.score_stages, reloaded.score_bank_size) == ((2, 4, 6), score_bank_model.score_bank_size)
     maps, scores = score_bank_model.maps_and_scores(images[1])
     for before, after in zip((maps, scores), reloaded.maps_and_scores(images[1])):
         np.testing.assert_array_equal(after, before)
@@ -255,7 +255,7 @@ def test_patch_features_are_3x3_means_with_the_zero_padding_counted():
     """As PyTorch's AvgPool2d(3, 1, 1): a corner feature is its 2 x 2 block's sum / 9, an edge one its 2 x 3 block's."""
     images = np.random.default_rng(1).random((1, SIZE, SIZE, 3), dtype=np.float32)
     stage = fold_batch_norms(feature_extractor("lite0", strides=(8,))).predict_on_batch(images)[0]
-    features = patch_feature_model("lite0", SIZE, 3, strides=(8,)).predict_on_batch(images)[0]
+    features = patch_feature_model("lite0", SIZE, 3, stages=(2,)).predict_on_batch(images)[0]
     tolerance = 1e-4 * np.abs(stage).max()
     np.testing.assert_allclose(features[0, 0], stage[:2, :2].sum(axis=(0, 1)) / 9, atol=tolerance)
     np.testing.assert_allclose(features[0, 3], stage[:2, 2:5].sum(axis=(0, 1)) / 9, atol=tolerance)
@@ -311,7 +311,9 @@ def test_missing_backbone_surfaces_at_train_time(workdir, small_synthetic, monke
                                                    ("--score-neighbours", "0", "--score-neighbours must be at least 1"),
                                                    ("--patch-neighbours", "0", "--patch-neighbours must be at least 1"),
                                                    ("--score-candidates", "0", "--score-candidates must be in (0, 1]"),
-                                                   ("--score-strides", "5", "--score-strides must be one or more of")])
+                                                   ("--score-strides", "5", "--score-strides must be one or more of"),
+                                                   ("--score-stages", "7", "--score-stages must be one or more of 1, 2"),
+                                                   ("--feature-stages", "0", "--feature-stages must be one or more of")])
 def test_bad_patchcore_flag_is_one_line(workdir, small_synthetic, capsys, flag, value, message):
     err = cli_error(train, ["-d", str(small_synthetic), "-a", "patchcore", flag, value], capsys)
     assert message in err
@@ -320,31 +322,64 @@ def test_bad_patchcore_flag_is_one_line(workdir, small_synthetic, capsys, flag, 
 def test_deeper_feature_strides_give_a_coarser_grid_that_reloads(images, tmp_path):
     model = PatchCore(input_size=SIZE, channels=3, feature_strides=(32, 16), coreset_ratio=0.5)
     stages = feature_extractor("lite0", strides=(16, 32))(np.zeros((1, SIZE, SIZE, 3), np.float32))
-    assert model.feature_strides == (16, 32) and (model.grid_height, model.grid_width) == (SIZE // 16, SIZE // 16)
+    assert model.feature_stages == (4, 6) and (model.grid_height, model.grid_width) == (SIZE // 16, SIZE // 16)
     assert model.feature_dim == sum(stage.shape[-1] for stage in stages)
     model.calibrate(as_dataset(images[0]))
     model.save(tmp_path / "deep.keras")
     reloaded = keras.saving.load_model(tmp_path / "deep.keras", compile=False)
-    assert reloaded.feature_strides == (16, 32)
+    assert reloaded.feature_stages == (4, 6)
     pasted, _ = with_pasted_squares(images[1])
     np.testing.assert_array_equal(reloaded.anomaly_map(pasted), model.anomaly_map(pasted))
     assert model.score(pasted).mean() > model.score(images[1]).mean()
 
 
 def test_score_strides_without_the_map_grid_are_a_user_error():
-    with pytest.raises(UserError, match=r"--score-strides must include the finest of --feature-strides \(8\), got 16 32"):
+    with pytest.raises(UserError, match="--score-strides / --score-stages must include a stage at stride 8, the grid "
+                                        "of the map features; got strides 16 32"):
         PatchCore(input_size=SIZE, channels=3, score_strides=(16, 32))
 
 
 def test_score_strides_equal_to_the_feature_strides_need_no_second_bank():
     model = PatchCore(input_size=SIZE, channels=3, score_strides=(16, 8))
-    assert model.score_strides is None and model.get_config()["score_strides"] is None
+    assert model.score_stages is None and model.get_config()["score_stages"] is None
+
+
+def test_stages_by_index_reach_the_earlier_stage_at_a_stride_and_reload(images, tmp_path):
+    # Stage 5 (192 channels) ends at stride 32 before stage 6 (320): no stride names it.
+    model = PatchCore(input_size=SIZE, channels=3, score_stages=(5, 2, 4))
+    assert model.score_stages == (2, 4, 5) and model.score_dim == model.feature_dim + 192
+    assert PatchCore(input_size=SIZE, channels=3, feature_stages=(2, 4)).get_config()["feature_stages"] == [2, 4]
+    model.calibrate(as_dataset(images[0]))
+    model.save(tmp_path / "stage5.keras")
+    reloaded = keras.saving.load_model(tmp_path / "stage5.keras", compile=False)
+    assert reloaded.score_stages == (2, 4, 5)
+    pasted, _ = with_pasted_squares(images[1])
+    batch = np.concatenate([images[1], pasted])
+    for before, after in zip(model.maps_and_scores(batch), reloaded.maps_and_scores(batch)):
+        np.testing.assert_array_equal(after, before)
+    assert roc_auc_score(np.r_[np.zeros(10), np.ones(10)], model.score(batch)) >= 0.9
+
+
+def test_configs_saved_with_strides_still_build_the_same_stages():
+    model = PatchCore(input_size=SIZE, channels=3, feature_strides=[16, 32], score_strides=None)
+    assert model.feature_stages == (4, 6) and model.score_stages is None
+
+
+def test_strides_and_stages_for_the_same_features_are_a_user_error():
+    with pytest.raises(UserError, match="give --score-strides or --score-stages, not both"):
+        PatchCore(input_size=SIZE, channels=3, score_strides=(8, 16, 32), score_stages=(2, 4, 5))
 
 
 @pytest.mark.parametrize("strides", [(3,), (8, 64), ()])
 def test_unknown_feature_strides_are_a_user_error(strides):
     with pytest.raises(UserError, match="--feature-strides must be one or more of 4, 8, 16, 32"):
         PatchCore(input_size=SIZE, channels=3, feature_strides=strides)
+
+
+@pytest.mark.parametrize("stages", [(0,), (2, 7), ()])
+def test_unknown_feature_stages_are_a_user_error(stages):
+    with pytest.raises(UserError, match="--feature-stages must be one or more of 1, 2, 3, 4, 5, 6"):
+        PatchCore(input_size=SIZE, channels=3, feature_stages=stages)
 
 
 def test_train_finetune_test_end_to_end(workdir, small_synthetic):
