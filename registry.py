@@ -65,8 +65,8 @@ def _memorybank_arguments(parser):
                        help="patchcore: the image-score bank's stages by index instead (as --feature-stages), "
                             "e.g. 2 4 5 for the 192-channel stride-32 stage")
     group.add_argument("--score-candidates", type=float, default=0.25,
-                       help="patchcore with --score-strides or --score-stages: share of patches, those with the highest map scores, "
-                            "searched in the image-score bank")
+                       help="patchcore with --score-strides or --score-stages: share of patches, those with the "
+                            "highest map scores, searched in the image-score bank")
     group.add_argument("--padim-features", type=int, default=100, help="padim: random feature channels kept")
 
 

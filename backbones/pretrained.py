@@ -59,7 +59,8 @@ def stage_extractor(variant="lite0", stages=(2, 4), trainable=False):
     variant = _checked(variant)
     unknown = [stage for stage in stages if stage not in STAGES]
     if not stages or unknown:
-        raise UserError(f"unsupported feature stage {unknown[0] if unknown else 'none'}; choose from {_listing(STAGES)}")
+        named = unknown[0] if unknown else "none"
+        raise UserError(f"unsupported feature stage {named}; choose from {_listing(STAGES)}")
     model = efficientnet_lite.features_model(variant, list(stages))
     _assign(model, load_backbone(variant))
     model.trainable = trainable

@@ -34,8 +34,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from detectors import CoresetMemoryBank
 from backbones.pretrained import STAGE_STRIDES
+from detectors import CoresetMemoryBank
 from memorybank.features import PatchFeatureModel
 from processing.errors import UserError
 from processing.progress import report
@@ -62,7 +62,8 @@ class PatchCore(PatchFeatureModel):
             # Candidates are picked by map score, so both feature sets must share one grid.
             strides = " ".join(str(STAGE_STRIDES[stage]) for stage in self.score_stages)
             raise UserError(f"--score-strides / --score-stages must include a stage at stride "
-                            f"{STAGE_STRIDES[self.feature_stages[0]]}, the grid of the map features; got strides {strides}")
+                            f"{STAGE_STRIDES[self.feature_stages[0]]}, the grid of the map features; "
+                            f"got strides {strides}")
         self.coreset_ratio = float(coreset_ratio)
         self.score_neighbours = int(score_neighbours)
         self.patch_neighbours = int(patch_neighbours)
