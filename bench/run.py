@@ -54,6 +54,8 @@ VARIANTS = {
     # The deeper stride-16/32 features: larger receptive fields for textures and large defects.
     "patchcore-lite0-s16-32": ("patchcore", "--backbone lite0 --coreset-ratio 0.01 --feature-strides 16 32"),
     "padim-lite0-s16-32": ("padim", "--backbone lite0 --feature-strides 16 32"),
+    # PaDiM on a stride-4 grid: the 24-channel stage 1 added (as the paper's ResNet layer1-3), 64x64 Gaussians.
+    "padim-lite0-st124": ("padim", "--backbone lite0 --feature-stages 1 2 4"),
     # All three depths in one bank: the stride-32 context for image decisions, the stride-8 grid for maps.
     "patchcore-lite0-s8-16-32": ("patchcore", "--backbone lite0 --coreset-ratio 0.01 --feature-strides 8 16 32"),
     # Maps from the default stride 8/16 bank, image scores from a second, stride 8/16/32 bank (one backbone pass).

@@ -75,6 +75,22 @@ def test_saved_model_reloads_with_identical_maps(padim, images, tmp_path):
     np.testing.assert_array_equal(reloaded.anomaly_map(images[1]), padim.anomaly_map(images[1]))
 
 
+def test_stride_4_grid_from_stage_1_localises_and_reloads(images, tmp_path):
+    """--feature-stages 1 2 4 (the bench's padim-lite0-st124): one Gaussian per 4x4 pixels."""
+    model = PaDiM(input_size=SIZE, channels=3, padim_features=20, feature_stages=(1, 2, 4))
+    model.calibrate(as_dataset(images[0]))
+    assert (model.grid_height, model.grid_width, model.feature_dim) == (SIZE // 4, SIZE // 4, 24 + 40 + 112)
+    normal = images[1]
+    defective, masks = with_pasted_squares(normal)
+    maps, scores = model.maps_and_scores(np.concatenate([normal, defective]))
+    assert roc_auc_score(np.r_[np.zeros(10), np.ones(10)], scores) >= 0.9
+    assert roc_auc_score(masks.ravel(), maps[len(normal):].ravel()) >= 0.8
+    model.save(tmp_path / "model.keras")
+    reloaded = keras.saving.load_model(tmp_path / "model.keras", compile=False)
+    assert reloaded.feature_stages == (1, 2, 4)
+    np.testing.assert_array_equal(reloaded.anomaly_map(normal), model.anomaly_map(normal))
+
+
 def test_channel_subset_follows_the_seed():
     np.testing.assert_array_equal(random_channels(152, 20, seed=1), random_channels(152, 20, seed=1))
     assert not np.array_equal(random_channels(152, 20, seed=1), random_channels(152, 20, seed=2))
