@@ -1,7 +1,8 @@
 """PatchCore (memorybank/patchcore.py) and the shared patch features (memorybank/features.py), on 64 px
 synthetic images: map shapes, a pasted defect, save/reload, grayscale, user errors, the CLIs.
 
-The helpers `synthetic_images`, `as_dataset` and `with_pasted_squares` are shared with test_padim.py.
+The helpers `synthetic_images`, `as_dataset`, `with_pasted_squares` and `pasted_square_aurocs` are shared
+with test_padim.py.
 """
 import json
 import sys
@@ -53,6 +54,14 @@ def with_pasted_squares(images, seed=0):
     return pasted, masks
 
 
+def pasted_square_aurocs(model, normal):
+    """Image AUROC of `normal` against copies with pasted squares, and pixel AUROC of the copies' maps."""
+    defective, masks = with_pasted_squares(normal)
+    maps, scores = model.maps_and_scores(np.concatenate([normal, defective]))
+    labels = np.r_[np.zeros(len(normal)), np.ones(len(defective))]
+    return roc_auc_score(labels, scores), roc_auc_score(masks.ravel(), maps[len(normal):].ravel())
+
+
 def brute_force_distances(queries, bank):
     """(queries, bank) Euclidean distances, one difference vector at a time."""
     return np.sqrt(((queries[:, None, :] - bank[None]) ** 2).sum(-1))
@@ -91,12 +100,8 @@ def test_features_of_every_batch_size_come_from_one_trace(patchcore, images):
 
 
 def test_pasted_square_scores_higher_and_lights_up_its_place(patchcore, images):
-    normal = images[1]
-    defective, masks = with_pasted_squares(normal)
-    maps, scores = patchcore.maps_and_scores(np.concatenate([normal, defective]))
-    labels = np.r_[np.zeros(len(normal)), np.ones(len(defective))]
-    assert roc_auc_score(labels, scores) >= 0.9
-    assert roc_auc_score(masks.ravel(), maps[len(normal):].ravel()) >= 0.8  # pixel AUROC
+    image_auroc, pixel_auroc = pasted_square_aurocs(patchcore, images[1])
+    assert image_auroc >= 0.9 and pixel_auroc >= 0.8
 
 
 def test_saved_model_reloads_with_identical_maps(patchcore, images, tmp_path):
