@@ -28,7 +28,7 @@ def _patchcore(config):
                      feature_stages=options["feature_stages"], score_strides=options["score_strides"],
                      score_stages=options["score_stages"], coreset_ratio=options["coreset_ratio"],
                      score_neighbours=options["score_neighbours"], patch_neighbours=options["patch_neighbours"],
-                     score_candidates=options["score_candidates"], seed=config.seed,
+                     score_candidates=options["score_candidates"], grid_stride=options["grid_stride"], seed=config.seed,
                      input_size=config.size, channels=config.channels)
 
 
@@ -36,7 +36,8 @@ def _padim(config):
     from memorybank.padim import PaDiM
 
     return PaDiM(backbone=config.backbone, feature_strides=config.options["feature_strides"],
-                 feature_stages=config.options["feature_stages"], padim_features=config.options["padim_features"],
+                 feature_stages=config.options["feature_stages"], grid_stride=config.options["grid_stride"],
+                 padim_features=config.options["padim_features"],
                  seed=config.seed, input_size=config.size, channels=config.channels)
 
 
@@ -50,6 +51,11 @@ def _memorybank_arguments(parser):
                        help="patchcore, padim: the same stages by index instead (1-6, timm's blocks.N; Lite0: 24, "
                             "40, 80, 112, 192, 320 channels at stride 4, 8, 16, 16, 32, 32; default 2 4); a stride "
                             "names the last stage at it, an index also reaches stages 3 and 5")
+    group.add_argument("--grid-stride", type=int, default=None,
+                       help="patchcore, padim: stride of the patch grid (4 8 16 32; default the finest chosen "
+                            "stage's): finer stages are average-pooled onto it, coarser ones upsampled; e.g. "
+                            "--feature-stages 1 2 4 --grid-stride 8 adds the stride-4 stage's detail to the "
+                            "stride-8 grid")
     group.add_argument("--coreset-ratio", type=float, default=0.1, help="patchcore: fraction of patch features kept")
     group.add_argument("--score-neighbours", type=int, default=1,
                        help="patchcore: reweight the image score by the b bank features nearest to the worst patch's "

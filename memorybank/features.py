@@ -5,7 +5,10 @@ Two middle stages of EfficientNet-Lite (by default stages 2 and 4, the last at s
 which also reaches stages 3 and 5, those that end earlier at stride 16 and 32) are each averaged over
 their 3x3 neighbourhood, so a patch feature also describes its surroundings (PatchCore, Roth et al.
 2022, section 3.1). The deeper maps are upsampled (bilinear) to the grid of the finest and all are
-concatenated: (N, S, S, C) images -> (N, S/s, S/s, D) features, s the finest stride. Deeper stages
+concatenated: (N, S, S, C) images -> (N, S/s, S/s, D) features, s the finest stride. `--grid-stride`
+sets s instead: stages finer than it are average-pooled onto that grid (each grid patch then gets the
+mean of the finer patches it covers), coarser ones upsampled. So the 24-channel stride-4 stage can add
+its detail to a stride-8 grid without quadrupling the patches to search. Deeper stages
 (16 and 32) see larger regions, which suits textures and large defects; the stride-32 stages cost more
 than the coarser grid saves (about 15 % slower on CPU).
 
@@ -43,12 +46,13 @@ MAP_SIGMA = 4.0
 PROGRESS_EVERY_SECONDS = 5.0
 
 
-def patch_feature_model(variant, input_size, channels, stages=FEATURE_STAGES, score_stages=None):
-    """Functional model: (N, S, S, channels) images in [0, 1] -> (N, h, w, D) patch features.
+def patch_feature_model(variant, input_size, channels, stages=FEATURE_STAGES, score_stages=None, grid_stride=None):
+    """Functional model: (N, S, S, channels) images in [0, 1] -> (N, h, w, D) patch features, on the
+    grid of `grid_stride` (default: the finest of `stages`).
 
-    With `score_stages`, a second output: the features of those stages on their own finest grid,
-    from the same backbone pass (PatchCore's image-score bank). Grayscale is replicated to RGB inside
-    the model, so callers pass images as they are.
+    With `score_stages`, a second output: the features of those stages on their own grid (the same
+    `grid_stride`, else their finest), from the same backbone pass (PatchCore's image-score bank).
+    Grayscale is replicated to RGB inside the model, so callers pass images as they are.
     """
     images = keras.Input(shape=(input_size, input_size, channels), name="images")
     rgb = layers.Concatenate(name="to_rgb")([images] * 3) if channels == 1 else images
@@ -61,21 +65,25 @@ def patch_feature_model(variant, input_size, channels, stages=FEATURE_STAGES, sc
         padded = layers.ZeroPadding2D(1, name=f"zero_border_stage{stage}")(stage_map)
         local_means[stage] = layers.AveragePooling2D(pool_size=3, strides=1, padding="valid",
                                                      name=f"local_mean_stage{stage}")(padded)
-    outputs = [_on_one_grid(local_means, stages, prefix="")]
+    outputs = [_on_one_grid(local_means, stages, grid_stride, prefix="")]
     if score_stages:
-        outputs.append(_on_one_grid(local_means, score_stages, prefix="score_"))
+        outputs.append(_on_one_grid(local_means, score_stages, grid_stride, prefix="score_"))
     return keras.Model(images, outputs if score_stages else outputs[0], name=f"patch_features_{variant}")
 
 
-def _on_one_grid(local_means, stages, prefix):
-    """The local means of `stages`, upsampled (bilinear) to the finest one's grid and concatenated."""
+def _on_one_grid(local_means, stages, grid_stride, prefix):
+    """The local means of `stages` on the grid of `grid_stride` (default: the finest stage's), finer
+    ones average-pooled and coarser ones upsampled (bilinear) onto it, concatenated."""
     stages = sorted(stages)  # stages never get finer, so the first has the finest grid
-    grid = tuple(local_means[stages[0]].shape[1:3])
+    finest = STAGE_STRIDES[stages[0]]
+    side = local_means[stages[0]].shape[1] * finest // (grid_stride or finest)
     aggregated = []
     for stage in stages:
         x = local_means[stage]
-        if tuple(x.shape[1:3]) != grid:
-            x = layers.Resizing(*grid, interpolation="bilinear", name=f"{prefix}upsample_stage{stage}")(x)
+        if x.shape[1] > side:
+            x = layers.AveragePooling2D(x.shape[1] // side, name=f"{prefix}pool_stage{stage}")(x)
+        elif x.shape[1] < side:
+            x = layers.Resizing(side, side, interpolation="bilinear", name=f"{prefix}upsample_stage{stage}")(x)
         aggregated.append(x)
     return layers.Concatenate(name=f"{prefix}patch_features")(aggregated) if len(aggregated) > 1 else aggregated[0]
 
@@ -194,15 +202,18 @@ class PatchFeatureModel(AnomalyModel):
     default_validation_fraction = 0.0  # no epochs to validate: every normal image goes into the statistics
 
     def __init__(self, backbone="lite0", feature_strides=None, feature_stages=None, score_strides=None,
-                 score_stages=None, **kwargs):
+                 score_stages=None, grid_stride=None, **kwargs):
         super().__init__(**kwargs)
+        if grid_stride is not None and grid_stride not in STRIDE_CHOICES:
+            raise UserError(f"--grid-stride must be one of {', '.join(map(str, STRIDE_CHOICES))}, got {grid_stride}")
         self.backbone = backbone
+        self.grid_stride = grid_stride
         self.feature_stages = chosen_stages(feature_strides, feature_stages, "feature") or FEATURE_STAGES
         self.score_stages = chosen_stages(score_strides, score_stages, "score")
         if self.score_stages == self.feature_stages:
             self.score_stages = None  # the same features: one set serves maps and image scores
         self.patch_features = patch_feature_model(backbone, self.input_size, self.channels, self.feature_stages,
-                                                  self.score_stages)
+                                                  self.score_stages, grid_stride)
         outputs = self.patch_features.outputs
         _, self.grid_height, self.grid_width, self.feature_dim = outputs[0].shape
         self.score_dim = outputs[1].shape[-1] if self.score_stages else None
@@ -210,7 +221,8 @@ class PatchFeatureModel(AnomalyModel):
     def get_config(self):
         # Models saved before stages could be named carry feature_strides / score_strides: still accepted.
         return {**super().get_config(), "backbone": self.backbone, "feature_stages": list(self.feature_stages),
-                "score_stages": list(self.score_stages) if self.score_stages else None}
+                "score_stages": list(self.score_stages) if self.score_stages else None,
+                "grid_stride": self.grid_stride}
 
     # ---- what subclasses implement
     def _graph_patch_scores(self, features):

@@ -40,7 +40,7 @@ from memorybank.features import PatchFeatureModel
 from processing.errors import UserError
 from processing.progress import report
 
-SEARCH_BLOCK = 1024  # queries per matrix product: 32 MB of distances against a 7,800-feature bank
+SEARCH_BLOCK = 256  # queries per matrix product: 8 MB of distances against a 7,800-feature bank (faster than 1,024)
 
 
 @keras.saving.register_keras_serializable(package="memorybank")
@@ -58,12 +58,13 @@ class PatchCore(PatchFeatureModel):
             raise UserError(f"--patch-neighbours must be at least 1, got {patch_neighbours}")
         if not 0 < score_candidates <= 1:
             raise UserError(f"--score-candidates must be in (0, 1], got {score_candidates}")
-        if self.score_stages and STAGE_STRIDES[self.score_stages[0]] != STAGE_STRIDES[self.feature_stages[0]]:
+        if self.score_stages and not self.grid_stride \
+                and STAGE_STRIDES[self.score_stages[0]] != STAGE_STRIDES[self.feature_stages[0]]:
             # Candidates are picked by map score, so both feature sets must share one grid.
             strides = " ".join(str(STAGE_STRIDES[stage]) for stage in self.score_stages)
             raise UserError(f"--score-strides / --score-stages must include a stage at stride "
-                            f"{STAGE_STRIDES[self.feature_stages[0]]}, the grid of the map features; "
-                            f"got strides {strides}")
+                            f"{STAGE_STRIDES[self.feature_stages[0]]}, the grid of the map features "
+                            f"(or give --grid-stride); got strides {strides}")
         self.coreset_ratio = float(coreset_ratio)
         self.score_neighbours = int(score_neighbours)
         self.patch_neighbours = int(patch_neighbours)
@@ -180,20 +181,64 @@ def patches_at(features, indices, patches):
 def nearest_distances(queries, bank, neighbours):
     """(n,) Euclidean distance of each of the (n, D) queries to its nearest bank feature, or the mean over
     its `neighbours` nearest. In blocks of SEARCH_BLOCK queries, one matrix product each, so memory stays
-    bounded for any number of queries (inference and export.py trace the same search)."""
+    bounded for any number of queries (inference and export.py trace the same search).
+
+    ||q - m||^2 = ||q||^2 + (||m||^2 - 2 q.m): the bracket comes out of one product with the bank
+    augmented by its squared norms, and ||q||^2 is added only to the few kept values (on 2 cores, 1,024
+    Lite0 patches against a 7,800-feature bank: 15 -> 11 ms for the nearest, 28 -> 13 ms for 3).
+    """
     queries, bank = ops.convert_to_tensor(queries, "float32"), ops.convert_to_tensor(bank, "float32")
-    count = ops.shape(queries)[0]
+    count, dim = ops.shape(queries)[0], queries.shape[-1]
+    group = _group_size(bank.shape[0], neighbours)
+    augmented_bank = _augmented_bank(bank, group)
     padded = ops.pad(queries, [[0, (SEARCH_BLOCK - count % SEARCH_BLOCK) % SEARCH_BLOCK], [0, 0]])
 
     def block_distances(block):
-        squared = _squared_distances(block, bank)
+        partial = ops.matmul(ops.concatenate([block, ops.ones_like(block[:, :1])], axis=1), augmented_bank)
         if neighbours == 1:
-            return ops.sqrt(ops.maximum(ops.min(squared, axis=1), 0.0))
-        negated, _ = ops.top_k(-squared, neighbours)
-        return ops.mean(ops.sqrt(ops.maximum(-negated, 0.0)), axis=1)
+            kept = ops.min(partial, axis=1, keepdims=True)
+        else:
+            kept = _smallest_in_groups(partial, neighbours, group)
+        squared = kept + ops.sum(block * block, axis=1, keepdims=True)
+        return ops.mean(ops.sqrt(ops.maximum(squared, 0.0)), axis=1)
 
-    distances = ops.map(block_distances, ops.reshape(padded, (-1, SEARCH_BLOCK, queries.shape[-1])))
+    distances = ops.map(block_distances, ops.reshape(padded, (-1, SEARCH_BLOCK, dim)))
     return ops.reshape(distances, (-1,))[:count]
+
+
+def _group_size(bank_size, neighbours):
+    """Bank columns per group for the k-smallest search: about sqrt(bank size), so that both the groups
+    and their members are few; 1 (no groups: a plain minimum or top-k) for one neighbour, a bank whose
+    size is not known while tracing, or when groups would be fewer than k."""
+    if bank_size is None or neighbours == 1:  # size unknown while tracing: no groups
+        return 1
+    group = max(1, math.isqrt(bank_size))
+    return group if -(-bank_size // group) >= neighbours else 1
+
+
+def _augmented_bank(bank, group):
+    """(D + 1, m') matrix [-2 m ; ||m||^2] per bank feature m, so [q, 1] @ it = ||m||^2 - 2 q.m; padded
+    with columns worth 1e30 (never among the nearest) to a whole number of `group`s."""
+    columns = ops.transpose(ops.concatenate([-2 * bank, ops.sum(bank * bank, axis=1, keepdims=True)], axis=1))
+    padding = (group - bank.shape[0] % group) % group if group > 1 else 0
+    if not padding:
+        return columns
+    filler = ops.concatenate([ops.zeros((bank.shape[1], padding)), ops.full((1, padding), 1e30)], axis=0)
+    return ops.concatenate([columns, filler], axis=1)
+
+
+def _smallest_in_groups(values, k, group):
+    """(b, k) the k smallest of each row of (b, m') `values`, exactly, without a top-k over all m' columns
+    (that cost as much as the matrix product). Each row is cut into groups of `group` columns; the k
+    smallest values lie in the k groups with the smallest minima, as a group holding one of them has
+    its minimum among the k smallest too."""
+    if group > 1:
+        rows = ops.shape(values)[0]
+        groups = ops.reshape(values, (rows, -1, group))
+        _, best_groups = ops.top_k(-ops.min(groups, axis=2), k)
+        values = ops.reshape(patches_at(groups, best_groups, ops.shape(groups)[1]), (rows, k * group))
+    negated, _ = ops.top_k(-values, k)
+    return -negated
 
 
 def rarity_weights(queries, bank, neighbours):

@@ -233,6 +233,15 @@ def test_search_in_blocks_matches_brute_force_for_a_partial_last_block(neighbour
         np.testing.assert_allclose(distances, expected, rtol=1e-4, atol=1e-4)
 
 
+def test_search_finds_the_nearest_three_when_they_share_one_group():
+    """The k-smallest search scans only the k groups of bank columns with the smallest minima: three
+    nearest features side by side in the bank (one group) must all be found."""
+    bank = np.concatenate([np.full((1, 4), 100.0), np.eye(4)[:3] * [[0.1], [0.2], [0.3]],
+                           np.random.default_rng(0).normal(50, 1, (60, 4))]).astype(np.float32)
+    distances = keras.ops.convert_to_numpy(nearest_distances(np.zeros((1, 4), np.float32), bank, 3))
+    np.testing.assert_allclose(distances, [0.2], rtol=1e-5)
+
+
 def test_rarity_weight_is_higher_when_the_nearest_normal_feature_is_rare():
     cluster = np.random.default_rng(0).normal(0, 0.1, (20, 4)).astype(np.float32)
     isolated = np.array([[10, 0, 0, 0]], np.float32)
@@ -318,7 +327,8 @@ def test_missing_backbone_surfaces_at_train_time(workdir, small_synthetic, monke
                                                    ("--score-candidates", "0", "--score-candidates must be in (0, 1]"),
                                                    ("--score-strides", "5", "--score-strides must be one or more of"),
                                                    ("--score-stages", "7", "--score-stages must be one or more of 1, 2"),
-                                                   ("--feature-stages", "0", "--feature-stages must be one or more of")])
+                                                   ("--feature-stages", "0", "--feature-stages must be one or more of"),
+                                                   ("--grid-stride", "5", "--grid-stride must be one of 4, 8, 16, 32")])
 def test_bad_patchcore_flag_is_one_line(workdir, small_synthetic, capsys, flag, value, message):
     err = cli_error(train, ["-d", str(small_synthetic), "-a", "patchcore", flag, value], capsys)
     assert message in err
@@ -339,8 +349,8 @@ def test_deeper_feature_strides_give_a_coarser_grid_that_reloads(images, tmp_pat
 
 
 def test_score_strides_without_the_map_grid_are_a_user_error():
-    with pytest.raises(UserError, match="--score-strides / --score-stages must include a stage at stride 8, the grid "
-                                        "of the map features; got strides 16 32"):
+    with pytest.raises(UserError, match=r"--score-strides / --score-stages must include a stage at stride 8, the grid "
+                                        r"of the map features \(or give --grid-stride\); got strides 16 32"):
         PatchCore(input_size=SIZE, channels=3, score_strides=(16, 32))
 
 
@@ -363,6 +373,25 @@ def test_stages_by_index_reach_the_earlier_stage_at_a_stride_and_reload(images, 
     for before, after in zip(model.maps_and_scores(batch), reloaded.maps_and_scores(batch)):
         np.testing.assert_array_equal(after, before)
     assert roc_auc_score(np.r_[np.zeros(10), np.ones(10)], model.score(batch)) >= 0.9
+
+
+def test_grid_stride_pools_the_stride_4_stage_onto_the_stride_8_grid_and_reloads(images, tmp_path):
+    model = PatchCore(input_size=SIZE, channels=3, feature_stages=(1, 2, 4), grid_stride=8, score_stages=(2, 4, 5),
+                      patch_neighbours=3, coreset_ratio=0.5)
+    assert (model.grid_height, model.feature_dim) == (SIZE // 8, 24 + 40 + 112)
+    batch = images[1][:2]
+    stage1 = patch_feature_model("lite0", SIZE, 3, stages=(1,)).predict_on_batch(batch)  # its 3x3 means, stride 4
+    each_2x2_mean = stage1.reshape(2, SIZE // 8, 2, SIZE // 8, 2, 24).mean(axis=(2, 4))
+    np.testing.assert_allclose(model.extract(batch)[0][..., :24], each_2x2_mean, rtol=1e-4, atol=1e-4)
+    model.calibrate(as_dataset(images[0]))
+    model.save(tmp_path / "grid8.keras")
+    reloaded = keras.saving.load_model(tmp_path / "grid8.keras", compile=False)
+    assert reloaded.grid_stride == 8 and reloaded.feature_stages == (1, 2, 4)
+    pasted, _ = with_pasted_squares(images[1])
+    for before, after in zip(model.maps_and_scores(pasted), reloaded.maps_and_scores(pasted)):
+        np.testing.assert_array_equal(after, before)
+    image_auroc, pixel_auroc = pasted_square_aurocs(model, images[1])
+    assert image_auroc >= 0.9 and pixel_auroc >= 0.8
 
 
 def test_configs_saved_with_strides_still_build_the_same_stages():
