@@ -27,6 +27,7 @@ def _patchcore(config):
     return PatchCore(backbone=config.backbone, feature_strides=options["feature_strides"],
                      feature_stages=options["feature_stages"], score_strides=options["score_strides"],
                      score_stages=options["score_stages"], coreset_ratio=options["coreset_ratio"],
+                     coreset_projection=options["coreset_projection"],
                      score_neighbours=options["score_neighbours"], patch_neighbours=options["patch_neighbours"],
                      score_candidates=options["score_candidates"], grid_stride=options["grid_stride"], seed=config.seed,
                      input_size=config.size, channels=config.channels)
@@ -57,6 +58,9 @@ def _memorybank_arguments(parser):
                             "--feature-stages 1 2 4 --grid-stride 8 adds the stride-4 stage's detail to the "
                             "stride-8 grid")
     group.add_argument("--coreset-ratio", type=float, default=0.1, help="patchcore: fraction of patch features kept")
+    group.add_argument("--coreset-projection", type=int, default=128,
+                       help="patchcore: the map bank's coreset is picked on features randomly projected to this "
+                            "many dims (faster; features with no more are kept as they are); 0: always as they are")
     group.add_argument("--score-neighbours", type=int, default=1,
                        help="patchcore: reweight the image score by the b bank features nearest to the worst patch's "
                             "match (the paper's eq. 7 uses 9); 1 keeps the plain max patch score")

@@ -63,9 +63,11 @@ VARIANTS = {
     # The same with the 192-channel stride-32 stage (5) in the image-score bank instead of the 320-channel one (6).
     "patchcore-lite0-score-st245": ("patchcore", "--backbone lite0 --coreset-ratio 0.01 --score-stages 2 4 5"),
     # Maps from stages 1, 2 and 4 on the stride-8 grid (stage 1's 3x3 means pooled 2x2), each patch scored by
-    # its 3 nearest bank features; image scores from the -score-st245 bank.
+    # its 3 nearest bank features, the map coreset picked on the 176-dim features unprojected; image scores
+    # from the -score-st245 bank.
     "patchcore-lite0-st124-k3": ("patchcore", "--backbone lite0 --coreset-ratio 0.01 --feature-stages 1 2 4 "
-                                              "--grid-stride 8 --patch-neighbours 3 --score-stages 2 4 5"),
+                                              "--grid-stride 8 --patch-neighbours 3 --coreset-projection 0 "
+                                              "--score-stages 2 4 5"),
     # The paper's image-score reweighting over 9 bank neighbours (anomalib's default), on both feature depths.
     "patchcore-lite0-nb9": ("patchcore", "--backbone lite0 --coreset-ratio 0.01 --score-neighbours 9"),
     "patchcore-lite0-s16-32-nb9": ("patchcore", "--backbone lite0 --coreset-ratio 0.01 --feature-strides 16 32 "

@@ -1,10 +1,11 @@
 """PatchCore (Roth et al. 2022, "Towards Total Recall in Industrial Anomaly Detection"): `-a patchcore`.
 
 calibrate(): the locally aware patch features (memorybank/features.py) of every normal training
-image -> a greedy k-center coreset of them (detectors.CoresetMemoryBank, on randomly projected
-features) -> the memory bank, a non-trainable weight so that model.keras carries it. Its size is
-known only after calibrate, so it is recorded in the config (`bank_size`, `score_bank_size`): a
-reloaded model creates a weight of that shape and the saved value loads into it.
+image -> a greedy k-center coreset of them (detectors.CoresetMemoryBank, on features randomly
+projected to 128 dims; for the map bank `coreset_projection` dims, 0: as they are) -> the memory
+bank, a non-trainable weight so that model.keras carries it. Its size is known only after
+calibrate, so it is recorded in the config (`bank_size`, `score_bank_size`): a reloaded model
+creates a weight of that shape and the saved value loads into it.
 
 Patch score: Euclidean distance from a patch feature to its nearest bank feature, or with
 `patch_neighbours` k > 1 the mean distance to its k nearest (the reference implementation's
@@ -40,6 +41,7 @@ from memorybank.features import PatchFeatureModel
 from processing.errors import UserError
 from processing.progress import report
 
+PROJECTION_DIM = 128  # the coreset's default random projection (features with fewer dims are kept as they are)
 SEARCH_BLOCK = 256  # queries per matrix product: 8 MB of distances against a 7,800-feature bank (faster than 1,024)
 
 
@@ -48,7 +50,7 @@ class PatchCore(PatchFeatureModel):
     method_name = "patchcore"
 
     def __init__(self, coreset_ratio=0.1, score_neighbours=1, patch_neighbours=1, score_candidates=0.25, seed=0,
-                 bank_size=None, score_bank_size=None, **kwargs):
+                 coreset_projection=PROJECTION_DIM, bank_size=None, score_bank_size=None, **kwargs):
         super().__init__(**kwargs)
         if not 0 < coreset_ratio <= 1:
             raise UserError(f"--coreset-ratio must be in (0, 1], got {coreset_ratio}")
@@ -58,6 +60,8 @@ class PatchCore(PatchFeatureModel):
             raise UserError(f"--patch-neighbours must be at least 1, got {patch_neighbours}")
         if not 0 < score_candidates <= 1:
             raise UserError(f"--score-candidates must be in (0, 1], got {score_candidates}")
+        if coreset_projection < 0:
+            raise UserError(f"--coreset-projection must be 0 (none) or a number of dims, got {coreset_projection}")
         if self.score_stages and not self.grid_stride \
                 and STAGE_STRIDES[self.score_stages[0]] != STAGE_STRIDES[self.feature_stages[0]]:
             # Candidates are picked by map score, so both feature sets must share one grid.
@@ -69,6 +73,7 @@ class PatchCore(PatchFeatureModel):
         self.score_neighbours = int(score_neighbours)
         self.patch_neighbours = int(patch_neighbours)
         self.score_candidates = float(score_candidates)
+        self.coreset_projection = int(coreset_projection)
         self.seed = int(seed)  # the coreset's random start and projection (train.py --seed)
         self.memory_bank = self._bank_weight("memory_bank", bank_size, self.feature_dim)
         self.score_bank = self._bank_weight("score_bank", score_bank_size, self.score_dim)
@@ -85,7 +90,8 @@ class PatchCore(PatchFeatureModel):
     def get_config(self):
         return {**super().get_config(), "coreset_ratio": self.coreset_ratio,
                 "score_neighbours": self.score_neighbours, "patch_neighbours": self.patch_neighbours,
-                "score_candidates": self.score_candidates, "seed": self.seed, "bank_size": self.bank_size,
+                "score_candidates": self.score_candidates, "coreset_projection": self.coreset_projection,
+                "seed": self.seed, "bank_size": self.bank_size,
                 "score_bank_size": self.score_bank_size}
 
     def _bank_weight(self, name, size, dim):
@@ -111,8 +117,11 @@ class PatchCore(PatchFeatureModel):
                f"({len(features)} images x {self.grid_height}x{self.grid_width})")
         started = time.perf_counter()
         try:
-            bank = CoresetMemoryBank(coreset_ratio=self.coreset_ratio, k=self.patch_neighbours,
-                                     random_state=self.seed).fit(patches).memory_bank_
+            # The image-score bank's coreset keeps the default: its deep features are many, and the image
+            # scores did not need more.
+            projection_dim = (self.coreset_projection or patches.shape[1]) if which == "map" else PROJECTION_DIM
+            bank = CoresetMemoryBank(coreset_ratio=self.coreset_ratio, k=self.patch_neighbours, random_state=self.seed,
+                                     projection_dim=projection_dim).fit(patches).memory_bank_
         except UserError as error:
             raise UserError(f"patchcore cannot build its memory bank from {len(features)} training images "
                             f"({len(patches)} patch features): {error}; add training images or raise "

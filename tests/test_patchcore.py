@@ -18,6 +18,7 @@ import finetune
 import test as test_cli
 import train
 from backbones.pretrained import feature_extractor
+from detectors import CoresetMemoryBank
 from memorybank.features import fold_batch_norms, patch_feature_model, upsample_and_blur
 from memorybank.patchcore import SEARCH_BLOCK, PatchCore, nearest_distances, rarity_weights
 from processing import data
@@ -122,6 +123,17 @@ def test_the_seed_picks_the_coreset_and_is_saved(patchcore, images, tmp_path):
     assert other.bank_size == patchcore.bank_size and not np.array_equal(other.memory_bank.numpy(), bank)
     other.save(tmp_path / "model.keras")
     assert keras.saving.load_model(tmp_path / "model.keras", compile=False).seed == 1
+
+
+def test_coreset_projection_0_picks_the_coreset_on_the_features_as_they_are(patchcore, images, tmp_path):
+    unprojected = PatchCore(input_size=SIZE, channels=3, coreset_projection=0)
+    unprojected.calibrate(as_dataset(images[0]))
+    patches = unprojected.extract(images[0]).reshape(-1, unprojected.feature_dim)  # 152 dims: more than 128
+    expected = CoresetMemoryBank(coreset_ratio=0.1, projection_dim=patches.shape[1]).fit(patches).memory_bank_
+    np.testing.assert_allclose(unprojected.memory_bank.numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert not np.array_equal(unprojected.memory_bank.numpy(), patchcore.memory_bank.numpy())  # default: projected
+    unprojected.save(tmp_path / "model.keras")
+    assert keras.saving.load_model(tmp_path / "model.keras", compile=False).coreset_projection == 0
 
 
 def test_grayscale_matches_rgb_of_replicated_gray(small_synthetic):
@@ -328,7 +340,8 @@ def test_missing_backbone_surfaces_at_train_time(workdir, small_synthetic, monke
                                                    ("--score-strides", "5", "--score-strides must be one or more of"),
                                                    ("--score-stages", "7", "--score-stages must be one or more of 1, 2"),
                                                    ("--feature-stages", "0", "--feature-stages must be one or more of"),
-                                                   ("--grid-stride", "5", "--grid-stride must be one of 4, 8, 16, 32")])
+                                                   ("--grid-stride", "5", "--grid-stride must be one of 4, 8, 16, 32"),
+                                                   ("--coreset-projection", "-1", "--coreset-projection must be 0 (none)")])
 def test_bad_patchcore_flag_is_one_line(workdir, small_synthetic, capsys, flag, value, message):
     err = cli_error(train, ["-d", str(small_synthetic), "-a", "patchcore", flag, value], capsys)
     assert message in err
