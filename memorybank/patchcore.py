@@ -117,8 +117,8 @@ class PatchCore(PatchFeatureModel):
                f"({len(features)} images x {self.grid_height}x{self.grid_width})")
         started = time.perf_counter()
         try:
-            # The image-score bank's coreset keeps the default: its deep features are many, and the image
-            # scores did not need more.
+            # The image-score bank's coreset keeps the default projection: unprojected, its 300-odd dims
+            # would slow the fit, and the image scores reach their targets with it.
             projection_dim = (self.coreset_projection or patches.shape[1]) if which == "map" else PROJECTION_DIM
             bank = CoresetMemoryBank(coreset_ratio=self.coreset_ratio, k=self.patch_neighbours, random_state=self.seed,
                                      projection_dim=projection_dim).fit(patches).memory_bank_

@@ -36,8 +36,8 @@ def test_anomalib_table_puts_our_variants_beside_its_figures_and_averages_comple
             {"method": "padim-lite0", "category": cookie, "image_auroc": 0.5, "pixel_auroc": 0.6, "aupro": 0.3}]
     lines = anomalib_markdown(rows).splitlines()
     header = lines[0].split(" | ")
-    assert header[1:6] == ["anomalib patchcore", "patchcore-lite0-crop", "patchcore-lite0", "patchcore-lite0-score-st245",
-                           "patchcore-lite0-st124-k3"]
+    assert header[1:6] == ["anomalib patchcore", "patchcore-lite0-crop", "patchcore-lite0",
+                           "patchcore-lite0-score-st245", "patchcore-lite0-st124-k3"]
     assert header[6:10] == ["anomalib padim", "padim-lite0-crop", "padim-lite0", "padim-lite0-st124 |"]
     bottle_cells = next(line for line in lines if line.startswith(f"| {bottle}")).split(" | ")
     anomalib_bottle = " / ".join(f"{v:.3f}" for v in ANOMALIB["padim"][bottle])
