@@ -19,10 +19,13 @@ from detectors.base import Detector
 from detectors.nearest import nearest_distances
 
 
+PROJECTION_DIM = 128  # default dims the coreset is selected on
+
+
 class CoresetMemoryBank(Detector):
     _learned = ("memory_bank",)
 
-    def __init__(self, coreset_ratio=0.1, projection_dim=128, k=1, batch_size=2048, random_state=0):
+    def __init__(self, coreset_ratio=0.1, projection_dim=PROJECTION_DIM, k=1, batch_size=2048, random_state=0):
         self.coreset_ratio = coreset_ratio
         self.projection_dim = projection_dim
         self.k = k

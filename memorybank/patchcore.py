@@ -37,11 +37,11 @@ from keras import ops
 
 from backbones.pretrained import STAGE_STRIDES
 from detectors import CoresetMemoryBank
+from detectors.coreset import PROJECTION_DIM
 from memorybank.features import PatchFeatureModel
 from processing.errors import UserError
 from processing.progress import report
 
-PROJECTION_DIM = 128  # the coreset's default random projection (features with fewer dims are kept as they are)
 SEARCH_BLOCK = 256  # queries per matrix product: 8 MB of distances against a 7,800-feature bank (faster than 1,024)
 
 
@@ -106,20 +106,23 @@ class PatchCore(PatchFeatureModel):
             map_features, score_features = self._split(features)
             map_batches.append(map_features)
             score_batches.append(score_features)
-        self.memory_bank = self._store_bank("memory_bank", self._coreset(np.concatenate(map_batches), "map"))
+        map_features = np.concatenate(map_batches)
+        map_projection = self.coreset_projection or map_features.shape[-1]  # 0: the features as they are
+        self.memory_bank = self._store_bank("memory_bank", self._coreset(map_features, "map", map_projection))
         if self.score_stages:
-            self.score_bank = self._store_bank("score_bank", self._coreset(np.concatenate(score_batches), "score"))
+            # The image-score bank keeps the default projection: unprojected, its 300-odd dims would slow
+            # the fit, and the image scores reach their targets with it.
+            score_bank = self._coreset(np.concatenate(score_batches), "score", PROJECTION_DIM)
+            self.score_bank = self._store_bank("score_bank", score_bank)
 
-    def _coreset(self, features, which):
-        """The coreset of all patch features of (n, h, w, D) `features`, as an (m, D) numpy bank."""
+    def _coreset(self, features, which, projection_dim):
+        """The coreset of all patch features of (n, h, w, D) `features`, selected on their random projection
+        to `projection_dim` dims (as they are if they have no more), as an (m, D) numpy bank."""
         patches = features.reshape(-1, features.shape[-1])
         report(f"patchcore {which} coreset: selecting {self.coreset_ratio:g} of {len(patches)} patch features "
                f"({len(features)} images x {self.grid_height}x{self.grid_width})")
         started = time.perf_counter()
         try:
-            # The image-score bank's coreset keeps the default projection: unprojected, its 300-odd dims
-            # would slow the fit, and the image scores reach their targets with it.
-            projection_dim = (self.coreset_projection or patches.shape[1]) if which == "map" else PROJECTION_DIM
             bank = CoresetMemoryBank(coreset_ratio=self.coreset_ratio, k=self.patch_neighbours, random_state=self.seed,
                                      projection_dim=projection_dim).fit(patches).memory_bank_
         except UserError as error:
@@ -219,7 +222,7 @@ def _group_size(bank_size, neighbours):
     """Bank columns per group for the k-smallest search: about sqrt(bank size), so that both the groups
     and their members are few; 1 (no groups: a plain minimum or top-k) for one neighbour, a bank whose
     size is not known while tracing, or when groups would be fewer than k."""
-    if bank_size is None or neighbours == 1:  # size unknown while tracing: no groups
+    if bank_size is None or neighbours == 1:
         return 1
     group = max(1, math.isqrt(bank_size))
     return group if -(-bank_size // group) >= neighbours else 1
