@@ -20,6 +20,11 @@ from detectors.nearest import nearest_distances
 
 
 PROJECTION_DIM = 128  # default dims the coreset is selected on
+# Principal axes of greedy_coreset_indices' distance bound (a 1 % coreset of kolektorsdd's 273,000 patch
+# features of 176 dims: 19 s without the bound; with 24 axes 19 s, 32: 12 s, 48: 8.0 s, 64: 7.5 s).
+BOUND_DIMS = 64
+BOUND_MARGIN = 1e-4  # relative; float rounding of the bound is far smaller
+PRINCIPAL_SAMPLE = 50_000  # rows the principal axes are estimated on
 
 
 class CoresetMemoryBank(Detector):
@@ -67,28 +72,49 @@ def random_projection(X, projection_dim, rng):
 def greedy_coreset_indices(features, size, first_index):
     """Indices of `size` rows of `features` in greedy farthest-point order, starting at first_index.
 
-    Keeps each vector's squared distance to its nearest picked vector and updates it after every
-    pick, so one pick costs one (n x d) matrix-vector product.
+    Keeps each vector's squared distance to its nearest picked vector and updates it after every pick.
+    A pick's distance to all n vectors would read all n x d features each time (memory-bound: 30 s
+    of a 343,000 x 176 fit), so the features are first rotated onto their principal axes, which keeps
+    every distance; the distance over the first BOUND_DIMS axes is a lower bound of the whole one, and
+    only the vectors whose bound is below their current nearest distance (a few percent once the first
+    picks are in) get the rest of theirs (the same picks up to float rounding, 2.5x faster).
     """
     if size >= len(features):  # every vector is kept: the order does not matter
         return np.arange(len(features))
-    # Features as rows of a (d, n) array: the matrix-vector product reads it about 1.5x faster.
-    features_t = np.ascontiguousarray(features.T, dtype=np.float32)
-    sq_norms = np.einsum("ij,ij->j", features_t, features_t)
+    rotated = principal_axes(np.asarray(features, dtype=np.float32))
+    # The bounding axes as rows of a (BOUND_DIMS, n) array: the matrix-vector product reads it faster.
+    head_t = np.ascontiguousarray(rotated[:, :BOUND_DIMS].T)
+    tail = np.ascontiguousarray(rotated[:, BOUND_DIMS:])
+    head_norms = np.einsum("ij,ij->j", head_t, head_t)
+    tail_norms = np.einsum("ij,ij->i", tail, tail)
     nearest_sq = np.full(len(features), np.inf, dtype=np.float32)
-    squared = np.empty_like(nearest_sq)
+    bound = np.empty_like(nearest_sq)
     picks = np.empty(size, dtype=np.int64)
     picks[0] = first_index
-    for i in range(1, size):
-        last = picks[i - 1]
+    for i in range(size):
+        last = picks[i]
         # A contiguous copy of the picked column makes the product measurably faster.
-        np.matmul(features_t[:, last].copy(), features_t, out=squared)
-        squared *= -2
-        squared += sq_norms
-        squared += sq_norms[last]
-        np.minimum(nearest_sq, squared, out=nearest_sq)
-        # -inf stays through np.minimum, so a picked vector is never picked again even when
+        np.matmul(head_t[:, last].copy(), head_t, out=bound)
+        bound *= -2
+        bound += head_norms
+        bound += head_norms[last]
+        # The margin keeps vectors whose bound rounding may have pushed just past their nearest distance.
+        candidates = np.flatnonzero(bound * (1 - BOUND_MARGIN) < nearest_sq)
+        squared = bound[candidates] + tail_norms[candidates] + tail_norms[last] - 2 * (tail[candidates] @ tail[last])
+        closer = squared < nearest_sq[candidates]
+        nearest_sq[candidates[closer]] = squared[closer]
+        # -inf stays through every later update, so a picked vector is never picked again even when
         # rounding leaves its distance to itself slightly above 0.
         nearest_sq[last] = -np.inf
-        picks[i] = np.argmax(nearest_sq)
+        if i + 1 < size:
+            picks[i + 1] = np.argmax(nearest_sq)
     return picks
+
+
+def principal_axes(features):
+    """(n, d) `features` centred and rotated onto their principal axes, largest variance first (axes
+    estimated on at most PRINCIPAL_SAMPLE rows); a rotation, so distances between rows are kept."""
+    sample = features[::max(1, len(features) // PRINCIPAL_SAMPLE)].astype(np.float64)
+    centre = sample.mean(axis=0)
+    _, axes = np.linalg.eigh((sample - centre).T @ (sample - centre))  # ascending eigenvalues
+    return (features - centre.astype(np.float32)) @ axes[:, ::-1].astype(np.float32)

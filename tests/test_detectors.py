@@ -19,7 +19,7 @@ from detectors import (
     make_detector,
     nearest_distances,
 )
-from detectors.coreset import greedy_coreset_indices
+from detectors.coreset import BOUND_DIMS, greedy_coreset_indices
 from processing.errors import UserError
 
 # Small parameters so every detector fits the 6-dim blob below in milliseconds; the coreset
@@ -161,6 +161,17 @@ def test_greedy_coreset_picks_farthest_points_in_order():
 def test_greedy_coreset_never_repeats_a_pick_among_duplicates():
     picks = greedy_coreset_indices(np.zeros((5, 3), dtype=np.float32), 3, first_index=2)
     assert len(set(picks.tolist())) == 3
+
+
+def test_greedy_coreset_matches_brute_force_farthest_points_in_more_dims_than_its_bound():
+    # Variances falling off as in real features, so the principal-axes bound skips most updates.
+    rng = np.random.default_rng(4)
+    features = (rng.normal(size=(600, BOUND_DIMS + 36)) * np.linspace(3, 0.1, BOUND_DIMS + 36)).astype(np.float32)
+    expected, nearest = [7], np.linalg.norm(features - features[7], axis=1)
+    for _ in range(39):
+        expected.append(int(np.argmax(nearest)))
+        nearest = np.minimum(nearest, np.linalg.norm(features - features[expected[-1]], axis=1))
+    assert greedy_coreset_indices(features, 40, first_index=7).tolist() == expected
 
 
 @pytest.mark.parametrize("n, expected_size", [(123, 12), (127, 13)])
