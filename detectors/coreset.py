@@ -81,10 +81,10 @@ def greedy_coreset_indices(features, size, first_index):
     """
     if size >= len(features):  # every vector is kept: the order does not matter
         return np.arange(len(features))
-    rotated = principal_axes(np.asarray(features, dtype=np.float32))
+    head, tail = on_principal_axes(features, (BOUND_DIMS,))
     # The bounding axes as rows of a (BOUND_DIMS, n) array: the matrix-vector product reads it faster.
-    head_t = np.ascontiguousarray(rotated[:, :BOUND_DIMS].T)
-    tail = np.ascontiguousarray(rotated[:, BOUND_DIMS:])
+    head_t = np.ascontiguousarray(head.T)
+    del head
     head_norms = np.einsum("ij,ij->j", head_t, head_t)
     tail_norms = np.einsum("ij,ij->i", tail, tail)
     nearest_sq = np.full(len(features), np.inf, dtype=np.float32)
@@ -111,10 +111,16 @@ def greedy_coreset_indices(features, size, first_index):
     return picks
 
 
-def principal_axes(features):
+def on_principal_axes(features, splits):
     """(n, d) `features` centred and rotated onto their principal axes, largest variance first (axes
-    estimated on at most PRINCIPAL_SAMPLE rows); a rotation, so distances between rows are kept."""
+    estimated on at most PRINCIPAL_SAMPLE rows), in the column blocks np.split(..., splits) would cut;
+    a rotation, so distances between rows are kept. Each block is made directly, so memory holds
+    one rotated copy of the features, not a centred and a rotated one besides its blocks."""
+    features = np.asarray(features, dtype=np.float32)
     sample = features[::max(1, len(features) // PRINCIPAL_SAMPLE)].astype(np.float64)
     centre = sample.mean(axis=0)
     _, axes = np.linalg.eigh((sample - centre).T @ (sample - centre))  # ascending eigenvalues
-    return (features - centre.astype(np.float32)) @ axes[:, ::-1].astype(np.float32)
+    axes = axes[:, ::-1].astype(np.float32)
+    blocks = np.split(axes, splits, axis=1)
+    # Centred after the product, (x - c) A = x A - c A: no centred copy of the features either.
+    return [features @ block - centre.astype(np.float32) @ block for block in blocks]
