@@ -250,8 +250,11 @@ class PatchFeatureModel(AnomalyModel):
     def _compiled(self, function):
         # Traced once for any batch size. predict_on_batch traces again for the first batch of another
         # size (a test set's last batch), which cost 0.5 s on 2 cores: a third of glass_fiber's test.
+        # autograph=False: the graph code is plain keras.ops with Python branches on settings only, and
+        # autograph's rewriting of its source took 1 s of a 1.4 s trace, more than glass_fiber's 38
+        # test images take to score.
         images = tf.TensorSpec((None, self.input_size, self.input_size, self.channels), tf.float32)
-        return tf.function(function, input_signature=[images])
+        return tf.function(function, input_signature=[images], autograph=False)
 
     def dataset_features(self, normal_images):
         """Yield the features of each batch of a tf.data dataset of images, printing progress."""
