@@ -81,10 +81,15 @@ def greedy_coreset_indices(features, size, first_index):
     """
     if size >= len(features):  # every vector is kept: the order does not matter
         return np.arange(len(features))
-    head, tail = on_principal_axes(features, (BOUND_DIMS,))
-    # The bounding axes as rows of a (BOUND_DIMS, n) array: the matrix-vector product reads it faster.
-    head_t = np.ascontiguousarray(head.T)
-    del head
+    features = np.asarray(features, dtype=np.float32)
+    centre, axes = principal_axes(features)
+    shift = centre @ axes  # (x - c) A = x A - c A: no centred copy of the features
+    # The bounding axes as rows of a (BOUND_DIMS, n) array, as the matrix-vector product reads it
+    # faster; the rest as (n, d - BOUND_DIMS) rows, gathered for the vectors the bound keeps.
+    head_t = axes[:, :BOUND_DIMS].T @ features.T
+    head_t -= shift[:BOUND_DIMS, None]
+    tail = features @ axes[:, BOUND_DIMS:]
+    tail -= shift[BOUND_DIMS:]
     head_norms = np.einsum("ij,ij->j", head_t, head_t)
     tail_norms = np.einsum("ij,ij->i", tail, tail)
     nearest_sq = np.full(len(features), np.inf, dtype=np.float32)
@@ -111,16 +116,11 @@ def greedy_coreset_indices(features, size, first_index):
     return picks
 
 
-def on_principal_axes(features, splits):
-    """(n, d) `features` centred and rotated onto their principal axes, largest variance first (axes
-    estimated on at most PRINCIPAL_SAMPLE rows), in the column blocks np.split(..., splits) would cut;
-    a rotation, so distances between rows are kept. Each block is made directly, so memory holds
-    one rotated copy of the features, not a centred and a rotated one besides its blocks."""
-    features = np.asarray(features, dtype=np.float32)
+def principal_axes(features):
+    """(centre, axes) of (n, d) `features`: their mean and the (d, d) rotation onto their principal axes,
+    largest variance first, both float32 and estimated on at most PRINCIPAL_SAMPLE rows. A rotation, so
+    (features - centre) @ axes keeps every distance between rows."""
     sample = features[::max(1, len(features) // PRINCIPAL_SAMPLE)].astype(np.float64)
     centre = sample.mean(axis=0)
     _, axes = np.linalg.eigh((sample - centre).T @ (sample - centre))  # ascending eigenvalues
-    axes = axes[:, ::-1].astype(np.float32)
-    blocks = np.split(axes, splits, axis=1)
-    # Centred after the product, (x - c) A = x A - c A: no centred copy of the features either.
-    return [features @ block - centre.astype(np.float32) @ block for block in blocks]
+    return centre.astype(np.float32), np.ascontiguousarray(axes[:, ::-1], dtype=np.float32)
