@@ -105,14 +105,16 @@ def fold_batch_norms(model):
     folded_norms = {norm.name for norm in norm_after.values()}
 
     def clone(layer):
-        if layer.name in folded_norms:
-            return _Unchanged(name=layer.name)
         config = layer.get_config()
         if layer.name in norm_after:
             config["use_bias"] = True
         return layer.__class__.from_config(config)
 
-    folded = keras.models.clone_model(model, clone_function=clone)
+    def call(layer, *args, **kwargs):
+        # A folded BatchNormalization is left out of the graph: every layer there costs time to trace.
+        return args[0] if layer.name in folded_norms else layer(*args, **kwargs)
+
+    folded = keras.models.clone_model(model, clone_function=clone, call_function=call)
     for layer in folded.layers:
         if layer.name in norm_after:
             layer.set_weights(_folded_weights(model.get_layer(layer.name), norm_after[layer.name]))
@@ -131,13 +133,6 @@ def _folded_weights(conv, norm):
     kernel = (kernel.reshape(*kernel.shape[:-2], -1) * scale).reshape(kernel.shape) \
         if isinstance(conv, layers.DepthwiseConv2D) else kernel * scale
     return [kernel, (bias - mean) * scale + beta]
-
-
-class _Unchanged(layers.Layer):
-    """Stands in for a folded BatchNormalization; accepts the arguments Keras passes it."""
-
-    def call(self, inputs, training=None, mask=None):
-        return inputs
 
 
 def upsample_and_blur(patch_scores, size, sigma=MAP_SIGMA):

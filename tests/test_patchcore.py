@@ -270,11 +270,13 @@ def test_upsample_and_blur_equals_resize_then_gaussian_filter():
     np.testing.assert_allclose(upsample_and_blur(scores, SIZE), expected, atol=1e-5)
 
 
-def test_folded_batch_norms_give_the_same_features():
+def test_folded_batch_norms_give_the_same_features_and_leave_the_graph():
     backbone = feature_extractor("lite0", strides=(8, 16))
+    folded_backbone = fold_batch_norms(backbone)
     images = np.random.default_rng(0).random((2, SIZE, SIZE, 3), dtype=np.float32)
-    for plain, folded in zip(backbone.predict_on_batch(images), fold_batch_norms(backbone).predict_on_batch(images)):
+    for plain, folded in zip(backbone.predict_on_batch(images), folded_backbone.predict_on_batch(images)):
         np.testing.assert_allclose(folded, plain, atol=1e-3 * np.abs(plain).max())
+    assert not [layer for layer in folded_backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
 
 
 def test_patch_features_are_3x3_means_with_the_zero_padding_counted():
