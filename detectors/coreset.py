@@ -105,9 +105,10 @@ def greedy_coreset_indices(features, size, first_index):
         bound += head_norms[last]
         # The margin keeps vectors whose bound rounding may have pushed just past their nearest distance.
         candidates = np.flatnonzero(bound * (1 - BOUND_MARGIN) < nearest_sq)
+        if 2 * len(candidates) > len(bound):
+            candidates = slice(None)  # most vectors (the first picks): all, with no gathered copy of the tail
         squared = bound[candidates] + tail_norms[candidates] + tail_norms[last] - 2 * (tail[candidates] @ tail[last])
-        closer = squared < nearest_sq[candidates]
-        nearest_sq[candidates[closer]] = squared[closer]
+        nearest_sq[candidates] = np.minimum(nearest_sq[candidates], squared)
         # -inf stays through every later update, so a picked vector is never picked again even when
         # rounding leaves its distance to itself slightly above 0.
         nearest_sq[last] = -np.inf
