@@ -343,7 +343,8 @@ def test_missing_backbone_surfaces_at_train_time(workdir, small_synthetic, monke
                                                    ("--score-stages", "7", "--score-stages must be one or more of 1, 2"),
                                                    ("--feature-stages", "0", "--feature-stages must be one or more of"),
                                                    ("--grid-stride", "5", "--grid-stride must be one of 4, 8, 16, 32"),
-                                                   ("--coreset-projection", "-1", "--coreset-projection must be 0")])
+                                                   ("--coreset-projection", "-1",
+                                                    "--coreset-projection must be 0 (none) or a number of dims")])
 def test_bad_patchcore_flag_is_one_line(workdir, small_synthetic, capsys, flag, value, message):
     err = cli_error(train, ["-d", str(small_synthetic), "-a", "patchcore", flag, value], capsys)
     assert message in err
