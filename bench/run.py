@@ -56,6 +56,9 @@ VARIANTS = {
     "padim-lite0-s16-32": ("padim", "--backbone lite0 --feature-strides 16 32"),
     # PaDiM on a stride-4 grid: the 24-channel stage 1 added (as the paper's ResNet layer1-3), 64x64 Gaussians.
     "padim-lite0-st124": ("padim", "--backbone lite0 --feature-stages 1 2 4"),
+    # The same on images upsampled to 384 px: one Gaussian per 4x4 of those pixels (2.7x2.7 of the 256 px
+    # originals); maps, masks and pixel metrics at 384 px.
+    "padim-lite0-st124-s384": ("padim", "--backbone lite0 --feature-stages 1 2 4 --size 384"),
     # All three depths in one bank: the stride-32 context for image decisions, the stride-8 grid for maps.
     "patchcore-lite0-s8-16-32": ("patchcore", "--backbone lite0 --coreset-ratio 0.01 --feature-strides 8 16 32"),
     # Maps from the default stride 8/16 bank, image scores from a second, stride 8/16/32 bank (one backbone pass).
