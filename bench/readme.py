@@ -20,7 +20,7 @@ METRICS = ("image_auroc", "pixel_auroc", "aupro")
 # PaDiM also on the stride-4 grid, the one closest to anomalib's localisation).
 BESIDE_ANOMALIB = {"patchcore": ("patchcore-lite0-crop", "patchcore-lite0", "patchcore-lite0-score-st245",
                                  "patchcore-lite0-st124-k3"),
-                   "padim": ("padim-lite0-crop", "padim-lite0", "padim-lite0-st124")}
+                   "padim": ("padim-lite0-crop", "padim-lite0", "padim-lite0-st124", "padim-lite0-st124-s384")}
 
 
 def _metrics(row):
