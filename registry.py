@@ -38,7 +38,7 @@ def _padim(config):
 
     return PaDiM(backbone=config.backbone, feature_strides=config.options["feature_strides"],
                  feature_stages=config.options["feature_stages"], grid_stride=config.options["grid_stride"],
-                 padim_features=config.options["padim_features"],
+                 padim_features=config.options["padim_features"], deep_features=config.options["padim_deep_features"],
                  seed=config.seed, input_size=config.size, channels=config.channels)
 
 
@@ -78,6 +78,11 @@ def _memorybank_arguments(parser):
                        help="patchcore with --score-strides or --score-stages: share of patches, those with the "
                             "highest map scores, searched in the image-score bank")
     group.add_argument("--padim-features", type=int, default=100, help="padim: random feature channels kept")
+    group.add_argument("--padim-deep-features", type=int, default=0,
+                       help="padim: this many more random channels, drawn apart from the last of --feature-stages "
+                            "(--padim-features then come from the others): a stride-32 stage's context without "
+                            "its 192-320 channels filling the draw, e.g. --feature-stages 1 2 4 6 "
+                            "--padim-deep-features 10; default 0: one draw over all stages")
 
 
 def _mae(config):

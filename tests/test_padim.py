@@ -86,6 +86,40 @@ def test_stride_4_grid_from_stage_1_localises_and_reloads(images, tmp_path):
     np.testing.assert_array_equal(reloaded.anomaly_map(images[1]), model.anomaly_map(images[1]))
 
 
+def test_deep_features_come_from_the_last_stage_and_reload(images, tmp_path):
+    """--feature-stages 1 2 4 6 --padim-deep-features 5: 20 channels drawn from stages 1 2 4 (176 of
+    them), 5 from stage 6 (its 320), and the Gaussians model all 25."""
+    model = PaDiM(input_size=SIZE, channels=3, padim_features=20, deep_features=5, feature_stages=(1, 2, 4, 6))
+    chosen = model.channel_subset.numpy()
+    assert model.feature_dim == 176 + 320 and len(set(chosen)) == 25
+    np.testing.assert_array_equal(chosen[:20], random_channels(176, 20, seed=0))
+    assert (chosen[20:] >= 176).all() and (chosen[20:] < 496).all()
+    model.calibrate(as_dataset(images[0]))
+    assert model.mean.shape == (SIZE // 4 * SIZE // 4, 25) and model.precision.shape[1:] == (25, 25)
+    image_auroc, pixel_auroc = pasted_square_aurocs(model, images[1])
+    assert image_auroc >= 0.9 and pixel_auroc >= 0.8
+    model.save(tmp_path / "model.keras")
+    reloaded = keras.saving.load_model(tmp_path / "model.keras", compile=False)
+    assert reloaded.deep_features == 5
+    np.testing.assert_array_equal(reloaded.anomaly_map(images[1]), model.anomaly_map(images[1]))
+
+
+def test_without_deep_features_one_draw_covers_every_stage():
+    model = PaDiM(input_size=SIZE, channels=3, padim_features=20, feature_stages=(1, 2, 4, 6))
+    np.testing.assert_array_equal(model.channel_subset.numpy(), random_channels(496, 20, seed=0))
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(feature_stages=(4,), deep_features=3), "needs two or more --feature-stages"),
+    (dict(feature_stages=(1, 2, 4, 6), deep_features=321), "--padim-deep-features must be between 0 and 320"),
+    (dict(feature_stages=(1, 2, 4, 6), deep_features=3, padim_features=177),
+     "--padim-features must be between 1 and 176"),
+])
+def test_bad_deep_features_are_user_errors(options, message):
+    with pytest.raises(UserError, match=message):
+        PaDiM(input_size=SIZE, channels=3, **options)
+
+
 def test_channel_subset_follows_the_seed():
     np.testing.assert_array_equal(random_channels(152, 20, seed=1), random_channels(152, 20, seed=1))
     assert not np.array_equal(random_channels(152, 20, seed=1), random_channels(152, 20, seed=2))
