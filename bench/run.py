@@ -59,10 +59,12 @@ VARIANTS = {
     # The same on images upsampled to 384 px: one Gaussian per 4x4 of those pixels (2.7x2.7 of the 256 px
     # originals); maps, masks and pixel metrics at 384 px.
     "padim-lite0-st124-s384": ("padim", "--backbone lite0 --feature-stages 1 2 4 --size 384"),
-    # And 10 more channels from the stride-32 stage 6, drawn apart (memorybank/padim.py): its context
+    # And 10 (30) more channels from the stride-32 stage 6, drawn apart (memorybank/padim.py): its context
     # without its 320 channels filling the draw.
     "padim-lite0-st124-deep6-s384": ("padim", "--backbone lite0 --feature-stages 1 2 4 6 --padim-deep-features 10 "
                                               "--size 384"),
+    "padim-lite0-st124-deep6x30-s384": ("padim", "--backbone lite0 --feature-stages 1 2 4 6 "
+                                                 "--padim-deep-features 30 --size 384"),
     # All three depths in one bank: the stride-32 context for image decisions, the stride-8 grid for maps.
     "patchcore-lite0-s8-16-32": ("patchcore", "--backbone lite0 --coreset-ratio 0.01 --feature-strides 8 16 32"),
     # Maps from the default stride 8/16 bank, image scores from a second, stride 8/16/32 bank (one backbone pass).
