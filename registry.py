@@ -82,7 +82,7 @@ def _memorybank_arguments(parser):
                        help="padim: this many more random channels, drawn apart from the last of --feature-stages "
                             "(--padim-features then come from the others): a stride-32 stage's context without "
                             "its 192-320 channels filling the draw, e.g. --feature-stages 1 2 4 6 "
-                            "--padim-deep-features 10; default 0: one draw over all stages")
+                            "--padim-deep-features 30; default 0: one draw over all stages")
 
 
 def _mae(config):
