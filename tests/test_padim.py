@@ -28,15 +28,18 @@ def padim(images):
     return model
 
 
-def test_running_gaussians_match_numpy_over_uneven_batches():
-    features = np.random.default_rng(0).normal(3.0, 2.0, (23, 5, 4))  # (images, positions, dims)
-    gaussians = RunningGaussians()
+@pytest.mark.parametrize("chunk_images", [1, 4, 100])  # every batch merged alone, chunks across batches, one chunk
+def test_running_gaussians_match_numpy_over_uneven_batches(chunk_images):
+    # Far from zero, as features can be: a scatter from raw sums of x x^T would lose digits here.
+    features = np.random.default_rng(0).normal(1e4, 2.0, (23, 5, 4))  # (images, positions, dims)
+    gaussians = RunningGaussians(chunk_bytes=chunk_images * 5 * 4 * 8)
     for start, stop in ((0, 1), (1, 9), (9, 23)):
         gaussians.update(features[start:stop])
     assert gaussians.count == 23
-    np.testing.assert_allclose(gaussians.mean, features.mean(axis=0))
+    mean, scatter = gaussians.finish()
+    np.testing.assert_allclose(mean, features.mean(axis=0), rtol=1e-12)
     for position in range(5):
-        np.testing.assert_allclose(gaussians.scatter[position] / 22, np.cov(features[:, position], rowvar=False))
+        np.testing.assert_allclose(scatter[position] / 22, np.cov(features[:, position], rowvar=False), rtol=1e-9)
 
 
 def test_patch_scores_are_mahalanobis_distances_to_each_positions_gaussian(padim, images):
