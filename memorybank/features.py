@@ -251,14 +251,18 @@ class PatchFeatureModel(AnomalyModel):
         images = tf.TensorSpec((None, self.input_size, self.input_size, self.channels), tf.float32)
         return tf.function(function, input_signature=[images], autograph=False)
 
+    def calibration_features(self, images):
+        """What calibrate() gets per batch from dataset_features: by default `extract`."""
+        return self.extract(images)
+
     def dataset_features(self, normal_images):
-        """Yield the features of each batch of a tf.data dataset of images, printing progress."""
+        """Yield the calibration features of each batch of a tf.data dataset of images, printing progress."""
         total_batches = int(normal_images.cardinality())
         started = last_report = time.perf_counter()
         n_images = 0
         for n_batches, batch in enumerate(normal_images, start=1):
             batch = np.asarray(batch, np.float32)
-            features = self.extract(batch)
+            features = self.calibration_features(batch)
             n_images += len(batch)
             yield features
             now = time.perf_counter()
