@@ -94,9 +94,8 @@ class PaDiM(PatchFeatureModel):
             gaussians.update(features)
         if gaussians.count < 2:
             raise UserError(f"padim needs at least 2 training images to estimate covariances, got {gaussians.count}")
-        count = gaussians.count
         mean, covariance = gaussians.finish()
-        covariance /= count - 1  # in place: at 384 px each copy is 1.25 GB
+        covariance /= gaussians.count - 1  # in place: at 384 px each copy is 1.25 GB
         covariance += RIDGE * np.eye(self.dims)
         self.mean.assign(mean.astype(np.float32))
         # keras.ops rather than np.linalg.inv: OpenBLAS threads on 1024 small matrices took 100x longer
@@ -104,7 +103,7 @@ class PaDiM(PatchFeatureModel):
         precision = ops.linalg.inv(ops.convert_to_tensor(covariance, "float64"))
         self.precision.assign(ops.cast(precision, "float32"))
         report(f"padim: {self.grid_height * self.grid_width} Gaussians of {self.dims} dims "
-               f"from {count} images")
+               f"from {gaussians.count} images")
 
     def _graph_patch_scores(self, features):
         centred = self._position_features(features) - self.mean
