@@ -30,7 +30,8 @@ def _patchcore(config):
                      coreset_projection=options["coreset_projection"],
                      score_neighbours=options["score_neighbours"], patch_neighbours=options["patch_neighbours"],
                      score_candidates=options["score_candidates"], grid_stride=options["grid_stride"], seed=config.seed,
-                     input_size=config.size, channels=config.channels)
+                     input_normalization=options["input_normalization"], input_size=config.size,
+                     channels=config.channels)
 
 
 def _padim(config):
@@ -39,7 +40,8 @@ def _padim(config):
     return PaDiM(backbone=config.backbone, feature_strides=config.options["feature_strides"],
                  feature_stages=config.options["feature_stages"], grid_stride=config.options["grid_stride"],
                  padim_features=config.options["padim_features"], deep_features=config.options["padim_deep_features"],
-                 seed=config.seed, input_size=config.size, channels=config.channels)
+                 input_normalization=config.options["input_normalization"], seed=config.seed,
+                 input_size=config.size, channels=config.channels)
 
 
 def _memorybank_arguments(parser):
@@ -57,6 +59,10 @@ def _memorybank_arguments(parser):
                             "stage's): finer stages are average-pooled onto it, coarser ones upsampled; e.g. "
                             "--feature-stages 1 2 4 --grid-stride 8 adds the stride-4 stage's detail to the "
                             "stride-8 grid")
+    group.add_argument("--input-normalization", choices=("lite", "imagenet"), default="lite",
+                       help="patchcore, padim: how the backbone normalises [0, 1] pixels: lite, (255 x - 127) / 128 "
+                            "as the weights were trained; imagenet, (x - mean) / std with ImageNet's statistics, as "
+                            "anomalib feeds every backbone (about 2.2x the contrast)")
     group.add_argument("--coreset-ratio", type=float, default=0.1, help="patchcore: fraction of patch features kept")
     group.add_argument("--coreset-projection", type=int, default=128,
                        help="patchcore: the map bank's coreset is picked on features randomly projected to this "

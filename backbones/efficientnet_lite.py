@@ -5,8 +5,10 @@ channels), head (1280 channels) and the repeats of the first and last stage are 
 Convolutions use TF 'same' padding and BatchNorm epsilon 1e-3, as in the checkpoints.
 
 The model takes RGB float images in [0, 1] of any size (multiples of 32 keep every stage aligned)
-and normalises them itself to (255 x - 127) / 128, the Lite training preprocessing. Grayscale images
-must be replicated to 3 channels by the caller.
+and normalises them itself: by default to (255 x - 127) / 128, the Lite training preprocessing;
+`input_normalization="imagenet"` gives (x - mean) / std with ImageNet's channel statistics instead,
+what anomalib feeds every pretrained backbone (INPUT_NORMALIZATIONS). Grayscale images must be
+replicated to 3 channels by the caller.
 
 Layer names (stem_*, block{i}_*, head_*, logits) are stable: the weight converter keys on them.
 """
@@ -40,6 +42,13 @@ STEM_STRIDE = 2
 HEAD_FILTERS = 1280
 IMAGENET_CLASSES = 1000
 BN_EPSILON = 1e-3
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# [0, 1] RGB -> network input, per channel: x * scale + offset.
+INPUT_NORMALIZATIONS = {
+    "lite": {"scale": 255 / 128, "offset": -127 / 128},
+    "imagenet": {"scale": [1 / std for std in IMAGENET_STD],
+                 "offset": [-mean / std for mean, std in zip(IMAGENET_MEAN, IMAGENET_STD)]},
+}
 
 
 def stage_strides():
@@ -77,21 +86,21 @@ def classifier_model(variant):
     return keras.Model(inputs, logits, name=f"efficientnet_{variant}")
 
 
-def features_model(variant, stage_indices):
+def features_model(variant, stage_indices, input_normalization="lite"):
     """[0, 1] RGB images -> outputs of the last block of each stage in `stage_indices` (in that order).
 
     Only the stages up to the deepest requested one are built.
     """
     inputs = keras.Input(shape=(None, None, 3), dtype="float32", name="image")
-    stage_outputs = _stages(inputs, variant, last_stage=max(stage_indices))
+    stage_outputs = _stages(inputs, variant, last_stage=max(stage_indices), input_normalization=input_normalization)
     outputs = [stage_outputs[index] for index in stage_indices]
     return keras.Model(inputs, outputs, name=f"efficientnet_{variant}_features")
 
 
-def _stages(inputs, variant, last_stage):
+def _stages(inputs, variant, last_stage, input_normalization="lite"):
     """Normalise, stem, then stages 0..last_stage; return the output of every built stage."""
     width = SCALING[variant].width
-    x = layers.Rescaling(255 / 128, offset=-127 / 128, name="normalize")(inputs)
+    x = layers.Rescaling(**INPUT_NORMALIZATIONS[input_normalization], name="normalize")(inputs)
     x = _conv_bn_relu6(x, STEM_FILTERS, kernel=3, stride=STEM_STRIDE, name="stem")
     stage_outputs, block_index = [], 0
     for stage_index, stage in enumerate(STAGES[:last_stage + 1]):

@@ -48,20 +48,24 @@ def feature_extractor(variant="lite0", strides=(4, 8, 16), trainable=False):
     return stage_extractor(variant, stages_at(strides), trainable)
 
 
-def stage_extractor(variant="lite0", stages=(2, 4), trainable=False):
+def stage_extractor(variant="lite0", stages=(2, 4), trainable=False, input_normalization="lite"):
     """Pretrained features of the given stages (0-6, EfficientNet's seven, timm's `blocks.N`; Lite0:
     16, 24, 40, 80, 112, 192, 320 channels at stride 2, 4, 8, 16, 16, 32, 32), a list in that order.
 
     The network is cut after the deepest requested stage. Frozen unless `trainable`; when trainable,
     BatchNorm layers use and update batch statistics under fit unless they are frozen individually.
     Keras unwraps single-output models: with one stage the model returns that map, not a list.
+    `input_normalization`: "lite" (the weights' own) or "imagenet" (efficientnet_lite.INPUT_NORMALIZATIONS).
     """
     variant = _checked(variant)
     unknown = [stage for stage in stages if stage not in STAGES]
     if not stages or unknown:
         named = unknown[0] if unknown else "none"
         raise UserError(f"unsupported feature stage {named}; choose from {_listing(STAGES)}")
-    model = efficientnet_lite.features_model(variant, list(stages))
+    if input_normalization not in efficientnet_lite.INPUT_NORMALIZATIONS:
+        raise UserError(f"unknown input normalization '{input_normalization}'; choose from "
+                        f"{_listing(efficientnet_lite.INPUT_NORMALIZATIONS)}")
+    model = efficientnet_lite.features_model(variant, list(stages), input_normalization)
     _assign(model, load_backbone(variant))
     model.trainable = trainable
     return model

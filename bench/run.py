@@ -65,6 +65,10 @@ VARIANTS = {
                                               "--size 384"),
     "padim-lite0-st124-deep6x30-s384": ("padim", "--backbone lite0 --feature-stages 1 2 4 6 "
                                                  "--padim-deep-features 30 --size 384"),
+    # The same with anomalib's input preprocessing: (x - mean) / std with ImageNet's statistics.
+    "padim-lite0-st124-deep6x30-s384-imagenet-norm": ("padim", "--backbone lite0 --feature-stages 1 2 4 6 "
+                                                               "--padim-deep-features 30 --size 384 "
+                                                               "--input-normalization imagenet"),
     # All three depths in one bank: the stride-32 context for image decisions, the stride-8 grid for maps.
     "patchcore-lite0-s8-16-32": ("patchcore", "--backbone lite0 --coreset-ratio 0.01 --feature-strides 8 16 32"),
     # Maps from the default stride 8/16 bank, image scores from a second, stride 8/16/32 bank (one backbone pass).
@@ -77,6 +81,10 @@ VARIANTS = {
     "patchcore-lite0-st124-k3": ("patchcore", "--backbone lite0 --coreset-ratio 0.01 --feature-stages 1 2 4 "
                                               "--grid-stride 8 --patch-neighbours 3 --coreset-projection 0 "
                                               "--score-stages 2 4 5"),
+    "patchcore-lite0-st124-k3-imagenet-norm": ("patchcore", "--backbone lite0 --coreset-ratio 0.01 "
+                                                            "--feature-stages 1 2 4 --grid-stride 8 "
+                                                            "--patch-neighbours 3 --coreset-projection 0 "
+                                                            "--score-stages 2 4 5 --input-normalization imagenet"),
     # The paper's image-score reweighting over 9 bank neighbours (anomalib's default), on both feature depths.
     "patchcore-lite0-nb9": ("patchcore", "--backbone lite0 --coreset-ratio 0.01 --score-neighbours 9"),
     "patchcore-lite0-s16-32-nb9": ("patchcore", "--backbone lite0 --coreset-ratio 0.01 --feature-strides 16 32 "

@@ -46,18 +46,20 @@ MAP_SIGMA = 4.0
 PROGRESS_EVERY_SECONDS = 5.0
 
 
-def patch_feature_model(variant, input_size, channels, stages=FEATURE_STAGES, score_stages=None, grid_stride=None):
+def patch_feature_model(variant, input_size, channels, stages=FEATURE_STAGES, score_stages=None, grid_stride=None,
+                        input_normalization="lite"):
     """Functional model: (N, S, S, channels) images in [0, 1] -> (N, h, w, D) patch features, on the
     grid of `grid_stride` (default: the finest of `stages`).
 
     With `score_stages`, a second output: the features of those stages on their own grid (the same
     `grid_stride`, else their finest), from the same backbone pass (PatchCore's image-score bank).
     Grayscale is replicated to RGB inside the model, so callers pass images as they are.
+    `input_normalization` is the backbone's (backbones.pretrained.stage_extractor).
     """
     images = keras.Input(shape=(input_size, input_size, channels), name="images")
     rgb = layers.Concatenate(name="to_rgb")([images] * 3) if channels == 1 else images
     needed = tuple(sorted(set(stages) | set(score_stages or ())))
-    backbone = fold_batch_norms(stage_extractor(variant, needed))
+    backbone = fold_batch_norms(stage_extractor(variant, needed, input_normalization=input_normalization))
     stage_maps = backbone(rgb)
     stage_maps = stage_maps if isinstance(stage_maps, list) else [stage_maps]  # one stage: a bare tensor
     local_means = {}
@@ -197,18 +199,19 @@ class PatchFeatureModel(AnomalyModel):
     default_validation_fraction = 0.0  # no epochs to validate: every normal image goes into the statistics
 
     def __init__(self, backbone="lite0", feature_strides=None, feature_stages=None, score_strides=None,
-                 score_stages=None, grid_stride=None, **kwargs):
+                 score_stages=None, grid_stride=None, input_normalization="lite", **kwargs):
         super().__init__(**kwargs)
         if grid_stride is not None and grid_stride not in STRIDE_CHOICES:
             raise UserError(f"--grid-stride must be one of {', '.join(map(str, STRIDE_CHOICES))}, got {grid_stride}")
         self.backbone = backbone
         self.grid_stride = grid_stride
+        self.input_normalization = input_normalization
         self.feature_stages = chosen_stages(feature_strides, feature_stages, "feature") or FEATURE_STAGES
         self.score_stages = chosen_stages(score_strides, score_stages, "score")
         if self.score_stages == self.feature_stages:
             self.score_stages = None  # the same features: one set serves maps and image scores
         self.patch_features = patch_feature_model(backbone, self.input_size, self.channels, self.feature_stages,
-                                                  self.score_stages, grid_stride)
+                                                  self.score_stages, grid_stride, input_normalization)
         outputs = self.patch_features.outputs
         _, self.grid_height, self.grid_width, self.feature_dim = outputs[0].shape
         self.score_dim = outputs[1].shape[-1] if self.score_stages else None
@@ -217,7 +220,7 @@ class PatchFeatureModel(AnomalyModel):
         # Models saved before stages could be named carry feature_strides / score_strides: still accepted.
         return {**super().get_config(), "backbone": self.backbone, "feature_stages": list(self.feature_stages),
                 "score_stages": list(self.score_stages) if self.score_stages else None,
-                "grid_stride": self.grid_stride}
+                "grid_stride": self.grid_stride, "input_normalization": self.input_normalization}
 
     # ---- what subclasses implement
     def _graph_patch_scores(self, features):

@@ -94,6 +94,23 @@ def test_stage_extractor_reaches_every_stage_and_strides_name_the_last_at_each()
     assert not any(layer.name.startswith("block15_") for layer in model.layers)  # stage 6 not built
 
 
+def test_imagenet_input_normalization_is_per_channel_mean_and_std():
+    """The stem sees (x - mean) / std with ImageNet's statistics (anomalib's preprocessing) instead of
+    (255 x - 127) / 128; the weights are the same, so only the input to the first convolution differs."""
+    mean, std = np.array([0.485, 0.456, 0.406], "float32"), np.array([0.229, 0.224, 0.225], "float32")
+    imagenet = pretrained.stage_extractor("lite0", stages=(1,), input_normalization="imagenet")
+    lite = pretrained.stage_extractor("lite0", stages=(1,))
+    pixels = np.stack([mean, mean + std, np.full(3, 0.25, "float32")])[None, None]  # (1, 1, 3, 3)
+    np.testing.assert_allclose(imagenet.get_layer("normalize")(pixels)[0, 0],
+                               [[0, 0, 0], [1, 1, 1], (0.25 - mean) / std], atol=1e-6)
+    np.testing.assert_allclose(lite.get_layer("normalize")(pixels)[0, 0, 2], np.full(3, (255 * 0.25 - 127) / 128),
+                               atol=1e-6)
+    image = imagenet_input(skimage.data.chelsea(), 64)
+    assert not np.allclose(imagenet(image), lite(image), atol=1e-2)
+    with pytest.raises(UserError, match="unknown input normalization 'caffe'; choose from lite, imagenet"):
+        pretrained.stage_extractor("lite0", stages=(1,), input_normalization="caffe")
+
+
 def test_unknown_stage_lists_valid_ones():
     with pytest.raises(UserError, match="unsupported feature stage 7; choose from 0, 1, 2, 3, 4, 5, 6"):
         pretrained.stage_extractor("lite0", stages=(2, 7))

@@ -167,8 +167,14 @@ def test_too_many_padim_features_is_one_line(workdir, small_synthetic, capsys):
 
 
 def test_train_finetune_test_end_to_end(workdir, small_synthetic):
-    run_dir = train.main(["-d", str(small_synthetic), "-a", "padim", "--size", "64", "-c", "grayscale"])
-    assert json.loads((run_dir / "run.json").read_text())["config"]["options"]["padim_features"] == 100
+    run_dir = train.main(["-d", str(small_synthetic), "-a", "padim", "--size", "64", "-c", "grayscale",
+                          "--input-normalization", "imagenet"])
+    options = json.loads((run_dir / "run.json").read_text())["config"]["options"]
+    assert options["padim_features"] == 100 and options["input_normalization"] == "imagenet"
+    reloaded = keras.saving.load_model(run_dir / "model.keras", compile=False)
+    backbone = next(layer for layer in reloaded.patch_features.layers if isinstance(layer, keras.Model))
+    assert reloaded.input_normalization == "imagenet"
+    np.testing.assert_allclose(backbone.get_layer("normalize").scale, [1 / 0.229, 1 / 0.224, 1 / 0.225])
     finetune.main([])
     metrics = json.loads((test_cli.main([]) / "metrics.json").read_text())
     assert metrics["full_test_set"]["image_auroc"] > 0.5
