@@ -28,6 +28,7 @@ from processing.progress import report
 
 RIDGE = 0.01
 CHUNK_BYTES = 512 * 2 ** 20  # features merged into the Gaussians at a time (float64)
+POSITION_BLOCK = 512  # Gaussians whose outer products or inverses are computed at a time (a 70 MB temporary)
 
 
 @keras.saving.register_keras_serializable(package="memorybank")
@@ -98,10 +99,7 @@ class PaDiM(PatchFeatureModel):
         covariance /= gaussians.count - 1  # in place: at 384 px each copy is 1.25 GB
         covariance += RIDGE * np.eye(self.dims)
         self.mean.assign(mean.astype(np.float32))
-        # keras.ops rather than np.linalg.inv: OpenBLAS threads on 1024 small matrices took 100x longer
-        # (56 s instead of 0.6 s) on a busy 2-core machine.
-        precision = ops.linalg.inv(ops.convert_to_tensor(covariance, "float64"))
-        self.precision.assign(ops.cast(precision, "float32"))
+        self.precision.assign(inverses(covariance))
         report(f"padim: {self.grid_height * self.grid_width} Gaussians of {self.dims} dims "
                f"from {gaussians.count} images")
 
@@ -110,6 +108,18 @@ class PaDiM(PatchFeatureModel):
         squared = ops.sum(ops.einsum("npd,pde->npe", centred, self.precision) * centred, axis=-1)
         distances = ops.sqrt(ops.maximum(squared, 0.0))  # rounding can make it slightly negative
         return ops.reshape(distances, (-1, self.grid_height, self.grid_width))
+
+
+def inverses(matrices):
+    """(m, d, d) float64 symmetric positive definite matrices -> their float32 inverses, POSITION_BLOCK
+    at a time: inverting all at once held two more float64 copies (2.5 GB at 384 px) besides the input.
+    keras.ops rather than np.linalg.inv: OpenBLAS threads on 1024 small matrices took 100x longer
+    (56 s instead of 0.6 s) on a busy 2-core machine."""
+    result = np.empty(matrices.shape, np.float32)
+    for start in range(0, len(matrices), POSITION_BLOCK):
+        block = ops.convert_to_tensor(matrices[start:start + POSITION_BLOCK], "float64")
+        result[start:start + POSITION_BLOCK] = ops.convert_to_numpy(ops.linalg.inv(block))
+    return result
 
 
 def random_channels(feature_dim, count, seed):
@@ -128,13 +138,15 @@ class RunningGaussians:
     every pass over them, or over a fresh array of that size, costs about as much as a 16-image batch's
     matrix products; merging each batch by Chan's update made several such passes (2.8 s per batch).
     With this and the channels taken in the compiled graph, mvtec_ad/bottle's fit (209 images, 384 px,
-    stages 1 2 4 6 with 30 deep channels) went from 65 s to 38 s and its peak memory from 8.9 to 7.8 GB.
+    stages 1 2 4 6 with 30 deep channels) went from 65 s to 38 s and its peak memory from 8.9 to 7.8 GB;
+    the products and the inverses computed POSITION_BLOCK Gaussians at a time took train.py's peak from
+    7.6 to 5.1 GB (identical Gaussians).
     """
 
     def __init__(self, chunk_bytes=CHUNK_BYTES):
         self.chunk_bytes = chunk_bytes
         self.count, self._buffered = 0, 0
-        self._shift = self._buffer = self._sums = self._products = self._chunk_products = None
+        self._shift = self._buffer = self._sums = self._products = None
 
     def update(self, batch):
         """batch: (n, positions, dims) features of n images."""
@@ -157,13 +169,14 @@ class RunningGaussians:
         self._shift = first_batch.mean(axis=0, dtype=np.float64)
         self._buffer = np.empty((positions, max(1, self.chunk_bytes // (positions * dims * 8)), dims))
         self._sums, self._products = np.zeros((positions, dims)), np.zeros((positions, dims, dims))
-        self._chunk_products = np.empty_like(self._products)
 
     def _merge_buffer(self):
         shifted = self._buffer[:, :self._buffered]  # (positions, n, dims), each position's block contiguous
         self._sums += shifted.sum(axis=1)
-        np.matmul(shifted.transpose(0, 2, 1), shifted, out=self._chunk_products)
-        self._products += self._chunk_products
+        # Block by block: one temporary for all positions would be as large as the scatter matrices.
+        for start in range(0, len(shifted), POSITION_BLOCK):
+            block = shifted[start:start + POSITION_BLOCK]
+            self._products[start:start + POSITION_BLOCK] += block.transpose(0, 2, 1) @ block
         self._buffered = 0
 
     def finish(self):
@@ -172,6 +185,6 @@ class RunningGaussians:
         if self._buffered:
             self._merge_buffer()
         shift_mean = self._sums / self.count
-        scatter, self._products, self._chunk_products, self._buffer = self._products, None, None, None
+        scatter, self._products, self._buffer = self._products, None, None
         scatter -= self.count * np.einsum("pd,pe->pde", shift_mean, shift_mean)
         return self._shift + shift_mean, scatter

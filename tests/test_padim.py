@@ -10,7 +10,8 @@ from sklearn.metrics import roc_auc_score
 import finetune
 import test as test_cli
 import train
-from memorybank.padim import RIDGE, PaDiM, RunningGaussians, random_channels
+import memorybank.padim as padim_module
+from memorybank.padim import RIDGE, PaDiM, RunningGaussians, inverses, random_channels
 from processing.errors import UserError
 from tests.test_patchcore import (SIZE, as_dataset, pasted_square_aurocs, patch_scores, synthetic_images,
                                   with_pasted_squares)
@@ -29,7 +30,8 @@ def padim(images):
 
 
 @pytest.mark.parametrize("chunk_images", [1, 4, 100])  # every batch merged alone, chunks across batches, one chunk
-def test_running_gaussians_match_numpy_over_uneven_batches(chunk_images):
+def test_running_gaussians_match_numpy_over_uneven_batches(chunk_images, monkeypatch):
+    monkeypatch.setattr(padim_module, "POSITION_BLOCK", 2)  # the 5 positions' products in blocks of 2, 2, 1
     # Far from zero, as features can be: a scatter from raw sums of x x^T would lose digits here.
     features = np.random.default_rng(0).normal(1e4, 2.0, (23, 5, 4))  # (images, positions, dims)
     gaussians = RunningGaussians(chunk_bytes=chunk_images * 5 * 4 * 8)
@@ -40,6 +42,15 @@ def test_running_gaussians_match_numpy_over_uneven_batches(chunk_images):
     np.testing.assert_allclose(mean, features.mean(axis=0), rtol=1e-12)
     for position in range(5):
         np.testing.assert_allclose(scatter[position] / 22, np.cov(features[:, position], rowvar=False), rtol=1e-9)
+
+
+def test_inverses_in_blocks_match_numpy(monkeypatch):
+    monkeypatch.setattr(padim_module, "POSITION_BLOCK", 2)
+    factors = np.random.default_rng(0).normal(size=(5, 4, 4))
+    matrices = factors @ factors.transpose(0, 2, 1) + np.eye(4)
+    inverted = inverses(matrices)
+    assert inverted.dtype == np.float32
+    np.testing.assert_allclose(inverted, np.linalg.inv(matrices), rtol=1e-5, atol=1e-6)
 
 
 def test_patch_scores_are_mahalanobis_distances_to_each_positions_gaussian(padim, images):
