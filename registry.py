@@ -45,6 +45,8 @@ def _padim(config):
 
 
 def _memorybank_arguments(parser):
+    from backbones.efficientnet_lite import INPUT_NORMALIZATIONS
+
     group = parser.add_argument_group("patchcore / padim")
     group.add_argument("--feature-strides", type=int, nargs="+", default=None,
                        help="patchcore, padim: backbone stages (by stride: 4 8 16 32; default 8 16) whose features "
@@ -59,7 +61,7 @@ def _memorybank_arguments(parser):
                             "stage's): finer stages are average-pooled onto it, coarser ones upsampled; e.g. "
                             "--feature-stages 1 2 4 --grid-stride 8 adds the stride-4 stage's detail to the "
                             "stride-8 grid")
-    group.add_argument("--input-normalization", choices=("lite", "imagenet"), default="lite",
+    group.add_argument("--input-normalization", choices=tuple(INPUT_NORMALIZATIONS), default="lite",
                        help="patchcore, padim: how the backbone normalises [0, 1] pixels: lite, (255 x - 127) / 128 "
                             "as the weights were trained; imagenet, (x - mean) / std with ImageNet's statistics, as "
                             "anomalib feeds every backbone (about 2.2x the contrast)")
