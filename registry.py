@@ -40,12 +40,13 @@ def _padim(config):
     return PaDiM(backbone=config.backbone, feature_strides=config.options["feature_strides"],
                  feature_stages=config.options["feature_stages"], grid_stride=config.options["grid_stride"],
                  padim_features=config.options["padim_features"], deep_features=config.options["padim_deep_features"],
-                 input_normalization=config.options["input_normalization"], seed=config.seed,
-                 input_size=config.size, channels=config.channels)
+                 embedding=config.options["padim_embedding"], input_normalization=config.options["input_normalization"],
+                 seed=config.seed, input_size=config.size, channels=config.channels)
 
 
 def _memorybank_arguments(parser):
     from backbones.efficientnet_lite import INPUT_NORMALIZATIONS
+    from memorybank.padim import EMBEDDINGS
 
     group = parser.add_argument_group("patchcore / padim")
     group.add_argument("--feature-strides", type=int, nargs="+", default=None,
@@ -91,6 +92,10 @@ def _memorybank_arguments(parser):
                             "(--padim-features then come from the others): a stride-32 stage's context without "
                             "its 192-320 channels filling the draw, e.g. --feature-stages 1 2 4 6 "
                             "--padim-deep-features 30; default 0: one draw over all stages")
+    group.add_argument("--padim-embedding", choices=EMBEDDINGS, default="subset",
+                       help="padim: how each draw reduces the features: subset keeps the drawn channels (the "
+                            "paper's), orthogonal projects onto as many seeded orthonormal directions (Kim et al. "
+                            "2021's semi-orthogonal embedding)")
 
 
 def _mae(config):

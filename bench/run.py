@@ -65,6 +65,10 @@ VARIANTS = {
                                               "--size 384"),
     "padim-lite0-st124-deep6x30-s384": ("padim", "--backbone lite0 --feature-stages 1 2 4 6 "
                                                  "--padim-deep-features 30 --size 384"),
+    # The same with semi-orthogonal projections (Kim et al. 2021) in place of the two channel subsets.
+    "padim-lite0-st124-deep6x30-s384-orthogonal": ("padim", "--backbone lite0 --feature-stages 1 2 4 6 "
+                                                            "--padim-deep-features 30 --size 384 "
+                                                            "--padim-embedding orthogonal"),
     # The same with anomalib's input preprocessing: (x - mean) / std with ImageNet's statistics.
     "padim-lite0-st124-deep6x30-s384-imagenet-norm": ("padim", "--backbone lite0 --feature-stages 1 2 4 6 "
                                                                "--padim-deep-features 30 --size 384 "

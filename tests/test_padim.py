@@ -11,7 +11,7 @@ import finetune
 import test as test_cli
 import train
 import memorybank.padim as padim_module
-from memorybank.padim import RIDGE, PaDiM, RunningGaussians, inverses, random_channels
+from memorybank.padim import RIDGE, PaDiM, RunningGaussians, inverses, random_channels, semi_orthogonal
 from processing.errors import UserError
 from tests.test_patchcore import (SIZE, as_dataset, pasted_square_aurocs, patch_scores, synthetic_images,
                                   with_pasted_squares)
@@ -140,6 +140,44 @@ def test_channel_subset_follows_the_seed():
     assert len(set(random_channels(152, 152, seed=1))) == 152
 
 
+def test_semi_orthogonal_has_orthonormal_columns_and_follows_the_seed():
+    projection = semi_orthogonal(176, 20, seed=3)
+    assert projection.shape == (176, 20) and projection.dtype == np.float32
+    np.testing.assert_allclose(projection.T @ projection, np.eye(20), atol=1e-5)
+    np.testing.assert_array_equal(projection, semi_orthogonal(176, 20, seed=3))
+    assert not np.allclose(projection, semi_orthogonal(176, 20, seed=4))
+    assert semi_orthogonal(320, 0, seed=1).shape == (320, 0)  # no deep draw
+
+
+def test_orthogonal_embedding_models_projected_features_and_reloads(images, tmp_path):
+    """--padim-embedding orthogonal with deep features: block-diagonal projection (stages 1 2 4 onto 20
+    directions, stage 6 onto 5), Gaussians of the projected features, same maps after a reload."""
+    model = PaDiM(input_size=SIZE, channels=3, padim_features=20, deep_features=5, feature_stages=(1, 2, 4, 6),
+                  embedding="orthogonal", seed=2)
+    projection = model.projection.numpy()
+    np.testing.assert_array_equal(projection[:176, :20], semi_orthogonal(176, 20, seed=2))
+    np.testing.assert_array_equal(projection[176:, 20:], semi_orthogonal(320, 5, seed=3))
+    assert not projection[176:, :20].any() and not projection[:176, 20:].any()
+    model.calibrate(as_dataset(images[0]))
+    train_features = (model.extract(images[0]) @ projection).reshape(30, -1, 25).astype(np.float64)
+    position = 40
+    np.testing.assert_allclose(model.mean.numpy()[position], train_features[:, position].mean(axis=0),
+                               rtol=1e-4, atol=1e-4)
+    covariance = np.cov(train_features[:, position], rowvar=False) + RIDGE * np.eye(25)
+    np.testing.assert_allclose(model.precision.numpy()[position], np.linalg.inv(covariance), rtol=2e-3, atol=2e-3)
+    image_auroc, pixel_auroc = pasted_square_aurocs(model, images[1])
+    assert image_auroc >= 0.9 and pixel_auroc >= 0.8
+    model.save(tmp_path / "model.keras")
+    reloaded = keras.saving.load_model(tmp_path / "model.keras", compile=False)
+    assert reloaded.embedding == "orthogonal"
+    np.testing.assert_array_equal(reloaded.anomaly_map(images[1]), model.anomaly_map(images[1]))
+
+
+def test_unknown_embedding_is_a_user_error():
+    with pytest.raises(UserError, match="--padim-embedding must be one of subset, orthogonal"):
+        PaDiM(input_size=SIZE, channels=3, embedding="pca")
+
+
 def test_grayscale_works(small_synthetic):
     gray, held_out = synthetic_images(small_synthetic, channels=1)
     model = PaDiM(input_size=SIZE, channels=1, padim_features=20)
@@ -179,12 +217,13 @@ def test_too_many_padim_features_is_one_line(workdir, small_synthetic, capsys):
 
 def test_train_finetune_test_end_to_end(workdir, small_synthetic):
     run_dir = train.main(["-d", str(small_synthetic), "-a", "padim", "--size", "64", "-c", "grayscale",
-                          "--input-normalization", "imagenet"])
+                          "--input-normalization", "imagenet", "--padim-embedding", "orthogonal"])
     options = json.loads((run_dir / "run.json").read_text())["config"]["options"]
     assert options["padim_features"] == 100 and options["input_normalization"] == "imagenet"
+    assert options["padim_embedding"] == "orthogonal"
     reloaded = keras.saving.load_model(run_dir / "model.keras", compile=False)
     backbone = next(layer for layer in reloaded.patch_features.layers if isinstance(layer, keras.Model))
-    assert reloaded.input_normalization == "imagenet"
+    assert reloaded.input_normalization == "imagenet" and reloaded.embedding == "orthogonal"
     np.testing.assert_allclose(backbone.get_layer("normalize").scale, [1 / 0.229, 1 / 0.224, 1 / 0.225])
     finetune.main([])
     metrics = json.loads((test_cli.main([]) / "metrics.json").read_text())
