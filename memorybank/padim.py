@@ -4,8 +4,8 @@ The locally aware patch features of memorybank/features.py, reduced to a random 
 `padim_features` channels (seeded; the paper's random dimensionality reduction), model each grid
 position with its own multivariate Gaussian fitted on the normal training images: a mean and a
 covariance with a small ridge (0.01 I, as in the paper). The mean, the inverse covariance and the
-channel subset are non-trainable weights; their shapes follow from the input size and feature count,
-so they exist from construction on.
+channel subset (or projection) are non-trainable weights; their shapes follow from the input size
+and feature count, so they exist from construction on.
 
 `deep_features` K > 0 draws K of the channels apart, from the last (deepest) of the feature stages,
 and `padim_features` from the others. A stride-32 stage gives each position context that the
@@ -99,10 +99,10 @@ class PaDiM(PatchFeatureModel):
         """(n, h, w, D) features -> (n, positions, dims): the chosen channels, or their projections."""
         features = ops.convert_to_tensor(features)
         if self.embedding == "subset":
-            chosen = ops.take(features, self.channel_subset, axis=-1)
+            reduced = ops.take(features, self.channel_subset, axis=-1)
         else:
-            chosen = ops.matmul(features, self.projection)
-        return ops.reshape(chosen, (-1, self.grid_height * self.grid_width, self.dims))
+            reduced = ops.matmul(features, self.projection)
+        return ops.reshape(reduced, (-1, self.grid_height * self.grid_width, self.dims))
 
     @functools.cached_property
     def _compiled_position_features(self):
