@@ -154,9 +154,8 @@ def random_channels(feature_dim, count, seed):
 def semi_orthogonal(feature_dim, count, seed):
     """(feature_dim, count) float32 matrix with orthonormal columns, drawn with `seed`: the Q of the
     QR decomposition of a standard Gaussian matrix, signs fixed so that R's diagonal is positive (Q is
-    then Haar-distributed, and one seed gives one matrix whatever the LAPACK)."""
-    if not count:
-        return np.zeros((feature_dim, 0), np.float32)
+    then Haar-distributed, and one seed gives one matrix whatever the LAPACK). count 0 (no deep draw)
+    gives a (feature_dim, 0) matrix, as numpy's QR of an empty matrix does."""
     q, r = np.linalg.qr(np.random.default_rng(seed).standard_normal((feature_dim, count)))
     return (q * np.sign(np.diag(r))).astype(np.float32)
 
