@@ -69,6 +69,10 @@ VARIANTS = {
     "padim-lite0-st124-deep6x30-s384-orthogonal": ("padim", "--backbone lite0 --feature-stages 1 2 4 6 "
                                                             "--padim-deep-features 30 --size 384 "
                                                             "--padim-embedding orthogonal"),
+    # The same with each covariance shrunk 10 % towards the one pooled over positions (memorybank/padim.py).
+    "padim-lite0-st124-deep6x30-s384-shrink10": ("padim", "--backbone lite0 --feature-stages 1 2 4 6 "
+                                                          "--padim-deep-features 30 --size 384 "
+                                                          "--padim-shrinkage 0.1"),
     # The same with anomalib's input preprocessing: (x - mean) / std with ImageNet's statistics.
     "padim-lite0-st124-deep6x30-s384-imagenet-norm": ("padim", "--backbone lite0 --feature-stages 1 2 4 6 "
                                                                "--padim-deep-features 30 --size 384 "

@@ -19,6 +19,15 @@ becomes a seeded random matrix with orthonormal columns (the Q of a Gaussian mat
 Gaussian dimension mixes all channels of its stages instead of keeping one. Same dims, same cost per
 Gaussian, plus one small matrix product per patch.
 
+`shrinkage` a > 0 shrinks each position's covariance towards the covariance pooled over all
+positions, (1 - a) S_p + a mean_p(S_p), before the ridge (Friedman 1989's regularised discriminant
+analysis). With fewer training images than dims a position's own covariance is singular, and the
+ridge alone weighs every direction its images did not vary in by 1 / 0.01; the pooled covariance
+knows how the features vary elsewhere in the image. It sharpens the maps most where images are few
+(seed 0, 384 px, stages 1 2 4 6 with 30 deep channels, a = 0.1: cookie's 31 images pixel AUROC /
+AUPRO 0.955 / 0.846 -> 0.964 / 0.884, glass_fiber's 90 0.810 / 0.683 -> 0.833 / 0.707, bottle's
+209 AUPRO 0.921 -> 0.924) but can cost image AUROC (cookie 0.996 -> 0.973).
+
 Patch score: Mahalanobis distance of the patch feature to its position's Gaussian. Anomaly map: the
 patch scores upsampled to the input size and blurred (sigma 4). Image score: the max of the map.
 """
@@ -42,12 +51,15 @@ POSITION_BLOCK = 512  # Gaussians whose outer products or inverses are computed 
 class PaDiM(PatchFeatureModel):
     method_name = "padim"
 
-    def __init__(self, padim_features=100, deep_features=0, seed=0, embedding="subset", **kwargs):
+    def __init__(self, padim_features=100, deep_features=0, seed=0, embedding="subset", shrinkage=0.0, **kwargs):
         super().__init__(**kwargs)
         self.padim_features, self.deep_features, self.seed = int(padim_features), int(deep_features), int(seed)
         if embedding not in EMBEDDINGS:
             raise UserError(f"--padim-embedding must be one of {', '.join(EMBEDDINGS)}, got {embedding!r}")
         self.embedding = embedding
+        if not 0 <= shrinkage <= 1:
+            raise UserError(f"--padim-shrinkage must be between 0 and 1, got {shrinkage}")
+        self.shrinkage = float(shrinkage)
         deep_dim = self._last_stage_channels() if self.deep_features else 0
         if deep_dim and len(self.feature_stages) < 2:
             raise UserError("--padim-deep-features needs two or more --feature-stages: it draws from the last "
@@ -93,7 +105,7 @@ class PaDiM(PatchFeatureModel):
 
     def get_config(self):
         return {**super().get_config(), "padim_features": self.padim_features, "deep_features": self.deep_features,
-                "seed": self.seed, "embedding": self.embedding}
+                "seed": self.seed, "embedding": self.embedding, "shrinkage": self.shrinkage}
 
     def _position_features(self, features):
         """(n, h, w, D) features -> (n, positions, dims): the chosen channels, or their projections."""
@@ -121,6 +133,10 @@ class PaDiM(PatchFeatureModel):
             raise UserError(f"padim needs at least 2 training images to estimate covariances, got {gaussians.count}")
         mean, covariance = gaussians.finish()
         covariance /= gaussians.count - 1  # in place: at 384 px each copy is 1.25 GB
+        if self.shrinkage:
+            pooled = covariance.mean(axis=0)
+            covariance *= 1 - self.shrinkage
+            covariance += self.shrinkage * pooled
         covariance += RIDGE * np.eye(self.dims)
         self.mean.assign(mean.astype(np.float32))
         self.precision.assign(inverses(covariance))

@@ -173,6 +173,31 @@ def test_orthogonal_embedding_models_projected_features_and_reloads(images, tmp_
     np.testing.assert_array_equal(reloaded.anomaly_map(images[1]), model.anomaly_map(images[1]))
 
 
+def test_shrinkage_pulls_each_covariance_towards_the_pooled_one_and_reloads(images, tmp_path):
+    """--padim-shrinkage 0.3: each position's covariance is 0.7 of its own plus 0.3 of the mean over
+    positions, then the ridge."""
+    model = PaDiM(input_size=SIZE, channels=3, padim_features=20, shrinkage=0.3)
+    model.calibrate(as_dataset(images[0]))
+    chosen = model.channel_subset.numpy()
+    train_features = model.extract(images[0])[..., chosen].reshape(30, -1, 20).astype(np.float64)
+    own = np.stack([np.cov(train_features[:, position], rowvar=False) for position in range(train_features.shape[1])])
+    for position in (0, 27, 63):
+        covariance = 0.7 * own[position] + 0.3 * own.mean(axis=0) + RIDGE * np.eye(20)
+        np.testing.assert_allclose(model.precision.numpy()[position], np.linalg.inv(covariance), rtol=2e-3, atol=2e-3)
+    image_auroc, pixel_auroc = pasted_square_aurocs(model, images[1])
+    assert image_auroc >= 0.9 and pixel_auroc >= 0.8
+    model.save(tmp_path / "model.keras")
+    reloaded = keras.saving.load_model(tmp_path / "model.keras", compile=False)
+    assert reloaded.shrinkage == 0.3
+    np.testing.assert_array_equal(reloaded.anomaly_map(images[1]), model.anomaly_map(images[1]))
+
+
+@pytest.mark.parametrize("shrinkage", [-0.1, 1.5])
+def test_shrinkage_outside_0_1_is_a_user_error(shrinkage):
+    with pytest.raises(UserError, match=f"--padim-shrinkage must be between 0 and 1, got {shrinkage}"):
+        PaDiM(input_size=SIZE, channels=3, shrinkage=shrinkage)
+
+
 def test_unknown_embedding_is_a_user_error():
     with pytest.raises(UserError, match="--padim-embedding must be one of subset, orthogonal"):
         PaDiM(input_size=SIZE, channels=3, embedding="pca")
@@ -217,13 +242,15 @@ def test_too_many_padim_features_is_one_line(workdir, small_synthetic, capsys):
 
 def test_train_finetune_test_end_to_end(workdir, small_synthetic):
     run_dir = train.main(["-d", str(small_synthetic), "-a", "padim", "--size", "64", "-c", "grayscale",
-                          "--input-normalization", "imagenet", "--padim-embedding", "orthogonal"])
+                          "--input-normalization", "imagenet", "--padim-embedding", "orthogonal",
+                          "--padim-shrinkage", "0.1"])
     options = json.loads((run_dir / "run.json").read_text())["config"]["options"]
     assert options["padim_features"] == 100 and options["input_normalization"] == "imagenet"
-    assert options["padim_embedding"] == "orthogonal"
+    assert options["padim_embedding"] == "orthogonal" and options["padim_shrinkage"] == 0.1
     reloaded = keras.saving.load_model(run_dir / "model.keras", compile=False)
     backbone = next(layer for layer in reloaded.patch_features.layers if isinstance(layer, keras.Model))
     assert reloaded.input_normalization == "imagenet" and reloaded.embedding == "orthogonal"
+    assert reloaded.shrinkage == 0.1
     np.testing.assert_allclose(backbone.get_layer("normalize").scale, [1 / 0.229, 1 / 0.224, 1 / 0.225])
     finetune.main([])
     metrics = json.loads((test_cli.main([]) / "metrics.json").read_text())
