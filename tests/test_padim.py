@@ -87,17 +87,24 @@ def test_saved_model_reloads_with_identical_maps(padim, images, tmp_path):
     np.testing.assert_array_equal(reloaded.anomaly_map(images[1]), padim.anomaly_map(images[1]))
 
 
+def localises_and_reloads(model, held_out, tmp_path):
+    """Assert that the calibrated model finds pasted squares and that a saved copy gives the same maps;
+    return the copy."""
+    image_auroc, pixel_auroc = pasted_square_aurocs(model, held_out)
+    assert image_auroc >= 0.9 and pixel_auroc >= 0.8
+    model.save(tmp_path / "model.keras")
+    reloaded = keras.saving.load_model(tmp_path / "model.keras", compile=False)
+    np.testing.assert_array_equal(reloaded.anomaly_map(held_out), model.anomaly_map(held_out))
+    return reloaded
+
+
 def test_stride_4_grid_from_stage_1_localises_and_reloads(images, tmp_path):
     """--feature-stages 1 2 4 (the bench's padim-lite0-st124): one Gaussian per 4x4 pixels."""
     model = PaDiM(input_size=SIZE, channels=3, padim_features=20, feature_stages=(1, 2, 4))
     model.calibrate(as_dataset(images[0]))
     assert (model.grid_height, model.grid_width, model.feature_dim) == (SIZE // 4, SIZE // 4, 24 + 40 + 112)
-    image_auroc, pixel_auroc = pasted_square_aurocs(model, images[1])
-    assert image_auroc >= 0.9 and pixel_auroc >= 0.8
-    model.save(tmp_path / "model.keras")
-    reloaded = keras.saving.load_model(tmp_path / "model.keras", compile=False)
+    reloaded = localises_and_reloads(model, images[1], tmp_path)
     assert reloaded.feature_stages == (1, 2, 4)
-    np.testing.assert_array_equal(reloaded.anomaly_map(images[1]), model.anomaly_map(images[1]))
 
 
 def test_deep_features_come_from_the_last_stage_and_reload(images, tmp_path):
@@ -110,12 +117,8 @@ def test_deep_features_come_from_the_last_stage_and_reload(images, tmp_path):
     assert (chosen[20:] >= 176).all() and (chosen[20:] < 496).all()
     model.calibrate(as_dataset(images[0]))
     assert model.mean.shape == (SIZE // 4 * SIZE // 4, 25) and model.precision.shape[1:] == (25, 25)
-    image_auroc, pixel_auroc = pasted_square_aurocs(model, images[1])
-    assert image_auroc >= 0.9 and pixel_auroc >= 0.8
-    model.save(tmp_path / "model.keras")
-    reloaded = keras.saving.load_model(tmp_path / "model.keras", compile=False)
+    reloaded = localises_and_reloads(model, images[1], tmp_path)
     assert reloaded.deep_features == 5
-    np.testing.assert_array_equal(reloaded.anomaly_map(images[1]), model.anomaly_map(images[1]))
 
 
 def test_without_deep_features_one_draw_covers_every_stage():
@@ -165,12 +168,8 @@ def test_orthogonal_embedding_models_projected_features_and_reloads(images, tmp_
                                rtol=1e-4, atol=1e-4)
     covariance = np.cov(train_features[:, position], rowvar=False) + RIDGE * np.eye(25)
     np.testing.assert_allclose(model.precision.numpy()[position], np.linalg.inv(covariance), rtol=2e-3, atol=2e-3)
-    image_auroc, pixel_auroc = pasted_square_aurocs(model, images[1])
-    assert image_auroc >= 0.9 and pixel_auroc >= 0.8
-    model.save(tmp_path / "model.keras")
-    reloaded = keras.saving.load_model(tmp_path / "model.keras", compile=False)
+    reloaded = localises_and_reloads(model, images[1], tmp_path)
     assert reloaded.embedding == "orthogonal"
-    np.testing.assert_array_equal(reloaded.anomaly_map(images[1]), model.anomaly_map(images[1]))
 
 
 def test_shrinkage_pulls_each_covariance_towards_the_pooled_one_and_reloads(images, tmp_path):
@@ -184,12 +183,8 @@ def test_shrinkage_pulls_each_covariance_towards_the_pooled_one_and_reloads(imag
     for position in (0, 27, 63):
         covariance = 0.7 * own[position] + 0.3 * own.mean(axis=0) + RIDGE * np.eye(20)
         np.testing.assert_allclose(model.precision.numpy()[position], np.linalg.inv(covariance), rtol=2e-3, atol=2e-3)
-    image_auroc, pixel_auroc = pasted_square_aurocs(model, images[1])
-    assert image_auroc >= 0.9 and pixel_auroc >= 0.8
-    model.save(tmp_path / "model.keras")
-    reloaded = keras.saving.load_model(tmp_path / "model.keras", compile=False)
+    reloaded = localises_and_reloads(model, images[1], tmp_path)
     assert reloaded.shrinkage == 0.3
-    np.testing.assert_array_equal(reloaded.anomaly_map(images[1]), model.anomaly_map(images[1]))
 
 
 @pytest.mark.parametrize("shrinkage", [-0.1, 1.5])
