@@ -99,8 +99,8 @@ def _memorybank_arguments(parser):
                             "2021's semi-orthogonal embedding)")
     group.add_argument("--padim-shrinkage", type=float, default=0.0,
                        help="padim: shrink each position's covariance towards the covariance pooled over all "
-                            "positions by this share (0-1; Friedman's regularised discriminant analysis): sharper "
-                            "maps from few training images, e.g. 0.03; default 0, the paper's own covariances")
+                            "positions by this share (0-1; Friedman's regularised discriminant analysis), e.g. 0.1: "
+                            "sharper maps, at times a weaker image score; default 0, each position's own")
 
 
 def _mae(config):
