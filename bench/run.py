@@ -9,7 +9,8 @@ of its own, so that rows share no TensorFlow state and peak_mem_mb is that row's
 row the table is rewritten: bench/results/results.{csv,md} (with machine and versions), a PNG chart
 (methods x categories: image AUROC, pixel AUROC, AUPRO, inference images/s) and the results table
 in README.md between its bench-table markers. A rerun skips rows already measured (resume after an
-interruption); `--rerun` measures the selected rows again and replaces them.
+interruption); `--rerun` measures the selected rows again and replaces them. The runs are written
+under bench/out/<variant>/, without their model.keras unless `--keep-models`.
 
 The schedules below are what fits a 2-core CPU (see each comment); pass `--extra-args` to change
 them for every selected variant, e.g. `--extra-args="--size 256 -e 50"`.
@@ -130,6 +131,8 @@ def parse_args(argv=None):
     parser.add_argument("--extra-args", default="", help="train.py flags appended to every selected variant's")
     parser.add_argument("--rerun", action="store_true", help="measure selected rows again, replacing old ones")
     parser.add_argument("--list", action="store_true", help="print the variants and exit")
+    parser.add_argument("--keep-models", action="store_true",
+                        help="keep each run's model.keras under bench/out (deleted once measured by default)")
     return parser.parse_args(argv)
 
 
@@ -181,7 +184,7 @@ def main(argv=None):
             print(f"== {variant} on {category}", flush=True)
             try:
                 row = run_in_own_process(method, category, args.data_root, WORKDIR / variant,
-                                         shlex.split(flags) + shlex.split(args.extra_args))
+                                         shlex.split(flags) + shlex.split(args.extra_args), args.keep_models)
             except UserError as error:
                 sys.exit(f"error: {variant} on {category}: {error}")
             rows = [r for r in rows if r not in done] + [{**row, "method": variant}]

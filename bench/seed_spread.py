@@ -54,6 +54,8 @@ def parse_args(argv=None):
     parser.add_argument("--out", default=str(OUT_STEM), help="output stem: <out>.csv and <out>.md")
     parser.add_argument("--readme", default=str(README), help="the README whose seed-table markers get the summary")
     parser.add_argument("--workdir", default=str(WORKDIR), help="where the runs are written")
+    parser.add_argument("--keep-models", action="store_true", help="keep each run's model.keras (deleted once measured "
+                                                                      "by default)")
     return parser.parse_args(argv)
 
 
@@ -131,7 +133,8 @@ def run(config):
                     continue
                 print(f"== {variant} on {category}, seed {seed}", flush=True)
                 row = run_in_own_process(method, category, config.data_root, Path(config.workdir) / variant,
-                                         [*shlex.split(flags), *shlex.split(config.extra_args), "--seed", str(seed)])
+                                         [*shlex.split(flags), *shlex.split(config.extra_args), "--seed", str(seed)],
+                                         config.keep_models)
                 rows = [r for r in rows if r not in done] + [{**row, "method": variant, "seed": seed}]
                 write_all(rows, config)
     return rows

@@ -74,7 +74,7 @@ def test_chart_is_a_png(tmp_path):
 
 def test_one_row_in_its_own_process_from_a_relative_data_root(small_synthetic, tmp_path, monkeypatch):
     """A row runs in a spawned process and its own folder: a --data-root relative to where the bench
-    started must still resolve, and a user error comes back as UserError."""
+    started must still resolve, the model file can be left out, and a user error comes back as UserError."""
     from bench.run import run_in_own_process
     from processing import runs
     from processing.errors import UserError
@@ -82,8 +82,12 @@ def test_one_row_in_its_own_process_from_a_relative_data_root(small_synthetic, t
     (tmp_path / "root").mkdir()
     (tmp_path / "root" / "synthetic").symlink_to(small_synthetic)
     monkeypatch.chdir(tmp_path)
-    row = run_in_own_process("mvtecCAE", "synthetic", "root", tmp_path / "work", ["--size", "64", "-e", "1", "-b", "16"])
+    row = run_in_own_process("mvtecCAE", "synthetic", "root", tmp_path / "work", ["--size", "64", "-e", "1", "-b", "16"],
+                             False)
     assert row["category"] == "synthetic" and 0 <= row["image_auroc"] <= 1 and row["train_s"] > 0
+    # keep_model=False: the measured run keeps its records, not its model.keras
+    assert len(list(tmp_path.glob("work/saved_models/synthetic/mvtecCAE/*/run.json"))) == 1
+    assert not list(tmp_path.glob("work/saved_models/**/model.keras"))
     assert row["infer_img_s"] > 0 and row["peak_mem_mb"] > 100  # TensorFlow alone takes a few hundred MB
     assert row["cpu"] == runs.cpu_model()
     with pytest.raises(UserError, match="dataset folder not found"):
