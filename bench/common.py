@@ -56,8 +56,8 @@ def train_timed(method, category, data_root, train_args=()):
 
 def run_one(method, category, data_root, workdir, train_args=(), keep_model=True):
     """Train, finetune and test `method` on `category`; return one row of COLUMNS. Without `keep_model`
-    the run's model.keras is deleted once measured: a 384 px PaDiM's is 640 MB, and a seed spread of
-    such runs filled a 100 GB disk."""
+    the run's model.keras is deleted once measured: a 384 px PaDiM's is 640 MB, and the bench's runs
+    (55 GB in bench/out, most of it such PaDiMs) filled the disk during a seed spread."""
     import finetune
     import test as test_cli
 
