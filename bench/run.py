@@ -36,6 +36,9 @@ OUT_STEM = ROOT / "bench" / "results" / "results"
 WORKDIR = ROOT / "bench" / "out"
 README = ROOT / "README.md"
 
+# The best PaDiM's flags, which its variants below extend.
+PADIM_DEEP6X30_S384 = "--backbone lite0 --feature-stages 1 2 4 6 --padim-deep-features 30 --size 384"
+
 # variant name -> (-a method, train.py flags)
 VARIANTS = {
     # The CAEs at 128 px and at most 10 epochs: the schedule that fits all categories into hours
@@ -64,20 +67,13 @@ VARIANTS = {
     # without its 320 channels filling the draw.
     "padim-lite0-st124-deep6-s384": ("padim", "--backbone lite0 --feature-stages 1 2 4 6 --padim-deep-features 10 "
                                               "--size 384"),
-    "padim-lite0-st124-deep6x30-s384": ("padim", "--backbone lite0 --feature-stages 1 2 4 6 "
-                                                 "--padim-deep-features 30 --size 384"),
+    "padim-lite0-st124-deep6x30-s384": ("padim", PADIM_DEEP6X30_S384),
     # The same with semi-orthogonal projections (Kim et al. 2021) in place of the two channel subsets.
-    "padim-lite0-st124-deep6x30-s384-orthogonal": ("padim", "--backbone lite0 --feature-stages 1 2 4 6 "
-                                                            "--padim-deep-features 30 --size 384 "
-                                                            "--padim-embedding orthogonal"),
+    "padim-lite0-st124-deep6x30-s384-orthogonal": ("padim", f"{PADIM_DEEP6X30_S384} --padim-embedding orthogonal"),
     # The same with each covariance shrunk 10 % towards the one pooled over positions (memorybank/padim.py).
-    "padim-lite0-st124-deep6x30-s384-shrink10": ("padim", "--backbone lite0 --feature-stages 1 2 4 6 "
-                                                          "--padim-deep-features 30 --size 384 "
-                                                          "--padim-shrinkage 0.1"),
+    "padim-lite0-st124-deep6x30-s384-shrink10": ("padim", f"{PADIM_DEEP6X30_S384} --padim-shrinkage 0.1"),
     # The same with anomalib's input preprocessing: (x - mean) / std with ImageNet's statistics.
-    "padim-lite0-st124-deep6x30-s384-imagenet-norm": ("padim", "--backbone lite0 --feature-stages 1 2 4 6 "
-                                                               "--padim-deep-features 30 --size 384 "
-                                                               "--input-normalization imagenet"),
+    "padim-lite0-st124-deep6x30-s384-imagenet-norm": ("padim", f"{PADIM_DEEP6X30_S384} --input-normalization imagenet"),
     # All three depths in one bank: the stride-32 context for image decisions, the stride-8 grid for maps.
     "patchcore-lite0-s8-16-32": ("patchcore", "--backbone lite0 --coreset-ratio 0.01 --feature-strides 8 16 32"),
     # Maps from the default stride 8/16 bank, image scores from a second, stride 8/16/32 bank (one backbone pass).
