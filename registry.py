@@ -87,7 +87,7 @@ def _memorybank_arguments(parser):
     group.add_argument("--score-candidates", type=float, default=0.25,
                        help="patchcore with --score-strides or --score-stages: share of patches, those with the "
                             "highest map scores, searched in the image-score bank")
-    group.add_argument("--padim-features", type=int, default=100, help="padim: random feature channels kept")
+    group.add_argument("--padim-features", type=int, default=100, help="padim: random feature channels kept (directions with --padim-embedding orthogonal or pca)")
     group.add_argument("--padim-deep-features", type=int, default=0,
                        help="padim: this many more random channels, drawn apart from the last of --feature-stages "
                             "(--padim-features then come from the others): a stride-32 stage's context without "
@@ -96,7 +96,8 @@ def _memorybank_arguments(parser):
     group.add_argument("--padim-embedding", choices=EMBEDDINGS, default="subset",
                        help="padim: how each draw reduces the features: subset keeps the drawn channels (the "
                             "paper's), orthogonal projects onto as many seeded orthonormal directions (Kim et al. "
-                            "2021's semi-orthogonal embedding)")
+                            "2021's semi-orthogonal embedding), pca onto the leading principal axes of the "
+                            "training features (no seed; one more pass over the training images)")
     group.add_argument("--padim-shrinkage", type=float, default=0.0,
                        help="padim: shrink each position's covariance towards the covariance pooled over all "
                             "positions by this share (0-1; Friedman's regularised discriminant analysis), e.g. 0.1: "

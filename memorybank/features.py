@@ -258,14 +258,15 @@ class PatchFeatureModel(AnomalyModel):
         """What calibrate() gets per batch from dataset_features: by default `extract`."""
         return self.extract(images)
 
-    def dataset_features(self, normal_images):
-        """Yield the calibration features of each batch of a tf.data dataset of images, printing progress."""
+    def dataset_features(self, normal_images, extract=None):
+        """Yield the calibration features (or `extract`'s) of each batch of a tf.data dataset of images,
+        printing progress."""
         total_batches = int(normal_images.cardinality())
         started = last_report = time.perf_counter()
         n_images = 0
         for n_batches, batch in enumerate(normal_images, start=1):
             batch = np.asarray(batch, np.float32)
-            features = self.calibration_features(batch)
+            features = (extract or self.calibration_features)(batch)
             n_images += len(batch)
             yield features
             now = time.perf_counter()

@@ -172,6 +172,30 @@ def test_orthogonal_embedding_models_projected_features_and_reloads(images, tmp_
     assert reloaded.embedding == "orthogonal"
 
 
+def test_pca_embedding_projects_onto_the_leading_principal_axes_and_reloads(images, tmp_path):
+    """--padim-embedding pca with deep features: stages 1 2 4 onto the 20 leading principal axes of their
+    training features pooled over all positions, stage 6 onto its own 5; no seed in it."""
+    model = PaDiM(input_size=SIZE, channels=3, padim_features=20, deep_features=5, feature_stages=(1, 2, 4, 6),
+                  embedding="pca", seed=2)
+    model.calibrate(as_dataset(images[0]))
+    projection = model.projection.numpy()
+    assert not projection[176:, :20].any() and not projection[:176, 20:].any()
+    pooled = model.extract(images[0]).reshape(-1, 496).astype(np.float64)
+    for block, columns in ((slice(0, 176), slice(0, 20)), (slice(176, 496), slice(20, 25))):
+        axes = projection[block, columns]
+        np.testing.assert_allclose(axes.T @ axes, np.eye(axes.shape[1]), atol=1e-5)
+        eigenvalues, eigenvectors = np.linalg.eigh(np.cov(pooled[:, block], rowvar=False))
+        leading = eigenvectors[:, ::-1][:, :axes.shape[1]]
+        # The same subspace (eigenvectors are unique only up to sign): equal orthogonal projectors.
+        np.testing.assert_allclose(axes @ axes.T, leading @ leading.T, atol=1e-4)
+    other_seed = PaDiM(input_size=SIZE, channels=3, padim_features=20, deep_features=5, feature_stages=(1, 2, 4, 6),
+                       embedding="pca", seed=7)
+    other_seed.calibrate(as_dataset(images[0]))
+    np.testing.assert_allclose(other_seed.anomaly_map(images[1]), model.anomaly_map(images[1]), rtol=1e-5)
+    reloaded = localises_and_reloads(model, images[1], tmp_path)
+    assert reloaded.embedding == "pca"
+
+
 def test_shrinkage_pulls_each_covariance_towards_the_pooled_one_and_reloads(images, tmp_path):
     """--padim-shrinkage 0.3: each position's covariance is 0.7 of its own plus 0.3 of the mean over
     positions, then the ridge."""
@@ -194,8 +218,8 @@ def test_shrinkage_outside_0_1_is_a_user_error(shrinkage):
 
 
 def test_unknown_embedding_is_a_user_error():
-    with pytest.raises(UserError, match="--padim-embedding must be one of subset, orthogonal"):
-        PaDiM(input_size=SIZE, channels=3, embedding="pca")
+    with pytest.raises(UserError, match="--padim-embedding must be one of subset, orthogonal, pca"):
+        PaDiM(input_size=SIZE, channels=3, embedding="random")
 
 
 def test_grayscale_works(small_synthetic):
