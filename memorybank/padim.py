@@ -24,8 +24,8 @@ those of the training images' patch features pooled over all positions, found by
 the training images (one more backbone pass: fit time about doubles). No seed enters it, so every
 seed gives the same Gaussians. Mahalanobis distances do not change under an invertible map of the
 kept dims, so only the subspace matters: the one the normal features vary most in. At 384 px with
-stages 1 2 4 6 it scored every crack of lookout_cookies above every normal cookie, which no seed of
-the random subsets did reliably, at some cost in AUPRO elsewhere (README, Measured results).
+stages 1 2 4 6 it scored every crack of lookout_cookies above every normal cookie (the random
+subsets: with two of five seeds), at some cost in AUPRO elsewhere (README, Measured results).
 
 `shrinkage` a > 0 shrinks each position's covariance towards the covariance pooled over all
 positions, (1 - a) S_p + a mean_p(S_p), before the ridge (Friedman 1989's regularised discriminant
