@@ -23,9 +23,10 @@ Gaussian, plus one small matrix product per patch.
 those of the training images' patch features pooled over all positions, found by a first pass over
 the training images (one more backbone pass: fit time about doubles). No seed enters it, so every
 seed gives the same Gaussians. Mahalanobis distances do not change under an invertible map of the
-kept dims, so only the subspace matters: the one the normal features vary most in. At 384 px with
-stages 1 2 4 6 it scored every crack of lookout_cookies above every normal cookie (the random
-subsets: with two of five seeds), at some cost in AUPRO elsewhere (README, Measured results).
+kept dims (but for the ridge), so what counts is the subspace: the one the normal features vary most
+in. At 384 px with stages 1 2 4 6 it scored every crack of lookout_cookies above every normal cookie
+(the random subsets: with two of five seeds), at some cost in AUPRO elsewhere (README, Measured
+results).
 
 `shrinkage` a > 0 shrinks each position's covariance towards the covariance pooled over all
 positions, (1 - a) S_p + a mean_p(S_p), before the ridge (Friedman 1989's regularised discriminant
@@ -80,7 +81,7 @@ class PaDiM(PatchFeatureModel):
                             f"(the {self.backbone} patch feature size"
                             f"{' without the last stage' if deep_dim else ''}), got {padim_features}")
         positions, dims = self.grid_height * self.grid_width, self.dims
-        shallow_dim = self.feature_dim - deep_dim
+        shallow_dim = self._shallow_dim = self.feature_dim - deep_dim
         # The deep channels have a seed of their own, so the other stages' draw is the one made without them.
         if embedding == "subset":
             self.channel_subset = self.add_weight(shape=(dims,), dtype="int32", initializer="zeros",
@@ -162,13 +163,14 @@ class PaDiM(PatchFeatureModel):
     def _principal_axes(self, normal_images):
         """A first pass over the training images: the (D, dims) projection onto the leading principal
         axes of their patch features, pooled over all positions, for each of the two channel blocks."""
+        report("padim: principal axes of the training features (first of two passes)")
         pooled = RunningGaussians()
         for features in self.dataset_features(normal_images, self.extract):
             pooled.update(features.reshape(-1, 1, self.feature_dim))
         _, scatter = pooled.finish()
-        shallow_dim = self.feature_dim - (self._last_stage_channels() if self.deep_features else 0)
-        return self._block_projection(leading_eigenvectors(scatter[0, :shallow_dim, :shallow_dim], self.padim_features),
-                                      leading_eigenvectors(scatter[0, shallow_dim:, shallow_dim:], self.deep_features))
+        cut = self._shallow_dim
+        return self._block_projection(leading_eigenvectors(scatter[0, :cut, :cut], self.padim_features),
+                                      leading_eigenvectors(scatter[0, cut:, cut:], self.deep_features))
 
     def _graph_patch_scores(self, features):
         centred = self._position_features(features) - self.mean
