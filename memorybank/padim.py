@@ -90,12 +90,12 @@ class PaDiM(PatchFeatureModel):
                       shallow_dim + random_channels(deep_dim, self.deep_features, self.seed + 1)]
             self.channel_subset.assign(np.concatenate(chosen).astype(np.int32))
         else:
-            # pca's projection is fitted by calibrate(); until then it is the orthogonal one.
             self.projection = self.add_weight(shape=(self.feature_dim, dims), initializer="zeros",
                                               trainable=False, name="projection")
-            self.projection.assign(self._block_projection(
-                semi_orthogonal(shallow_dim, self.padim_features, self.seed),
-                semi_orthogonal(deep_dim, self.deep_features, self.seed + 1)))
+            if embedding == "orthogonal":  # pca's projection is fitted by calibrate()
+                self.projection.assign(self._block_projection(
+                    semi_orthogonal(shallow_dim, self.padim_features, self.seed),
+                    semi_orthogonal(deep_dim, self.deep_features, self.seed + 1)))
         self.mean = self.add_weight(shape=(positions, dims), initializer="zeros", trainable=False, name="mean")
         self.precision = self.add_weight(shape=(positions, dims, dims), initializer="zeros", trainable=False,
                                          name="precision")

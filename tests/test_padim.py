@@ -175,23 +175,24 @@ def test_orthogonal_embedding_models_projected_features_and_reloads(images, tmp_
 def test_pca_embedding_projects_onto_the_leading_principal_axes_and_reloads(images, tmp_path):
     """--padim-embedding pca with deep features: stages 1 2 4 onto the 20 leading principal axes of their
     training features pooled over all positions, stage 6 onto its own 5; no seed in it."""
-    model = PaDiM(input_size=SIZE, channels=3, padim_features=20, deep_features=5, feature_stages=(1, 2, 4, 6),
-                  embedding="pca", seed=2)
-    model.calibrate(as_dataset(images[0]))
+    def calibrated(seed):
+        model = PaDiM(input_size=SIZE, channels=3, padim_features=20, deep_features=5, feature_stages=(1, 2, 4, 6),
+                      embedding="pca", seed=seed)
+        model.calibrate(as_dataset(images[0]))
+        return model
+
+    model = calibrated(seed=2)
     projection = model.projection.numpy()
     assert not projection[176:, :20].any() and not projection[:176, 20:].any()
     pooled = model.extract(images[0]).reshape(-1, 496).astype(np.float64)
     for block, columns in ((slice(0, 176), slice(0, 20)), (slice(176, 496), slice(20, 25))):
         axes = projection[block, columns]
         np.testing.assert_allclose(axes.T @ axes, np.eye(axes.shape[1]), atol=1e-5)
-        eigenvalues, eigenvectors = np.linalg.eigh(np.cov(pooled[:, block], rowvar=False))
+        _, eigenvectors = np.linalg.eigh(np.cov(pooled[:, block], rowvar=False))
         leading = eigenvectors[:, ::-1][:, :axes.shape[1]]
         # The same subspace (eigenvectors are unique only up to sign): equal orthogonal projectors.
         np.testing.assert_allclose(axes @ axes.T, leading @ leading.T, atol=1e-4)
-    other_seed = PaDiM(input_size=SIZE, channels=3, padim_features=20, deep_features=5, feature_stages=(1, 2, 4, 6),
-                       embedding="pca", seed=7)
-    other_seed.calibrate(as_dataset(images[0]))
-    np.testing.assert_allclose(other_seed.anomaly_map(images[1]), model.anomaly_map(images[1]), rtol=1e-5)
+    np.testing.assert_allclose(calibrated(seed=7).anomaly_map(images[1]), model.anomaly_map(images[1]), rtol=1e-5)
     reloaded = localises_and_reloads(model, images[1], tmp_path)
     assert reloaded.embedding == "pca"
 
