@@ -94,11 +94,13 @@ def _memorybank_arguments(parser):
                             "(--padim-features then come from the others): a stride-32 stage's context without "
                             "its 192-320 channels filling the draw, e.g. --feature-stages 1 2 4 6 "
                             "--padim-deep-features 30; default 0: one draw over all stages")
-    group.add_argument("--padim-embedding", choices=EMBEDDINGS, default="subset",
+    group.add_argument("--padim-embedding", choices=EMBEDDINGS, nargs="+", default="subset",
                        help="padim: how each draw reduces the features: subset keeps the drawn channels (the "
                             "paper's), orthogonal projects onto as many seeded orthonormal directions (Kim et al. "
                             "2021's semi-orthogonal embedding), pca onto the leading principal axes of the "
-                            "training features (no seed; one more pass over the training images)")
+                            "training features (no seed; one more pass over the training images). Several "
+                            "(e.g. pca subset) fit one set of Gaussians each, the next seeded one drawing with "
+                            "seed + 2, and average their distance maps")
     group.add_argument("--padim-shrinkage", type=float, default=0.0,
                        help="padim: shrink each position's covariance towards the covariance pooled over all "
                             "positions by this share (0-1; Friedman's regularised discriminant analysis), e.g. 0.1: "

@@ -79,6 +79,8 @@ VARIANTS = {
     "padim-lite0-st124-deep6x30-s384-imagenet-norm": ("padim", f"{PADIM_DEEP6X30_S384} --input-normalization imagenet"),
     # The same with each block projected onto the training features' leading principal axes (no seed).
     "padim-lite0-st124-deep6x30-s384-pca": ("padim", f"{PADIM_DEEP6X30_S384} --padim-embedding pca"),
+    # Two members, those Gaussians and the random subsets' (seed 0), their distance maps averaged.
+    "padim-lite0-st124-deep6x30-s384-pca-subset": ("padim", f"{PADIM_DEEP6X30_S384} --padim-embedding pca subset"),
     # All three depths in one bank: the stride-32 context for image decisions, the stride-8 grid for maps.
     "patchcore-lite0-s8-16-32": ("patchcore", "--backbone lite0 --coreset-ratio 0.01 --feature-strides 8 16 32"),
     # Maps from the default stride 8/16 bank, image scores from a second, stride 8/16/32 bank (one backbone pass).

@@ -28,6 +28,11 @@ in. At 384 px with stages 1 2 4 6 it scored every crack of lookout_cookies above
 (the random subsets: with two of five seeds), at some cost in AUPRO elsewhere (README, Measured
 results).
 
+Several embeddings, e.g. `embedding=("pca", "subset")`, make an ensemble: each member fits its own
+Gaussians, all in one pass over the training images (the k-th seeded member draws with seed + 2k, its
+deep channels with seed + 2k + 1), and a patch's score is the mean of the members' distances. Each
+member adds its Gaussians to the model's size and scoring cost (at 384 px, 9,216 of 130 dims: 620 MB).
+
 `shrinkage` a > 0 shrinks each position's covariance towards the covariance pooled over all
 positions, (1 - a) S_p + a mean_p(S_p), before the ridge (Friedman 1989's regularised discriminant
 analysis). With fewer training images than dims a position's own covariance is singular, and the
@@ -37,8 +42,9 @@ deep channels, seeds 0-4) the maps of five of the six bench categories got sharp
 AUPRO: juice_bottle 0.886 / 0.807 -> 0.912 / 0.838, glass_fiber 0.818 / 0.693 -> 0.843 / 0.734,
 cookie 0.951 / 0.836 -> 0.962 / 0.877), but cookie's image AUROC fell (0.993 -> 0.970).
 
-Patch score: Mahalanobis distance of the patch feature to its position's Gaussian. Anomaly map: the
-patch scores upsampled to the input size and blurred (sigma 4). Image score: the max of the map.
+Patch score: Mahalanobis distance of the patch feature to its position's Gaussian (the members' mean).
+Anomaly map: the patch scores upsampled to the input size and blurred (sigma 4). Image score: the max
+of the map.
 """
 import functools
 
@@ -63,9 +69,14 @@ class PaDiM(PatchFeatureModel):
     def __init__(self, padim_features=100, deep_features=0, seed=0, embedding="subset", shrinkage=0.0, **kwargs):
         super().__init__(**kwargs)
         self.padim_features, self.deep_features, self.seed = int(padim_features), int(deep_features), int(seed)
-        if embedding not in EMBEDDINGS:
-            raise UserError(f"--padim-embedding must be one of {', '.join(EMBEDDINGS)}, got {embedding!r}")
-        self.embedding = embedding
+        self.embeddings = (embedding,) if isinstance(embedding, str) else tuple(embedding)
+        unknown = [name for name in self.embeddings if name not in EMBEDDINGS]
+        if unknown or not self.embeddings:
+            raise UserError(f"--padim-embedding takes one or more of {', '.join(EMBEDDINGS)}, got "
+                            f"{' '.join(unknown) or 'none'}")
+        if self.embeddings.count("pca") > 1:
+            raise UserError("--padim-embedding names pca more than once: pca has no seed, so every pca member "
+                            "would be the same Gaussians")
         if not 0 <= shrinkage <= 1:
             raise UserError(f"--padim-shrinkage must be between 0 and 1, got {shrinkage}")
         self.shrinkage = float(shrinkage)
@@ -81,25 +92,39 @@ class PaDiM(PatchFeatureModel):
                             f"(the {self.backbone} patch feature size"
                             f"{' without the last stage' if deep_dim else ''}), got {padim_features}")
         positions, dims = self.grid_height * self.grid_width, self.dims
-        shallow_dim = self._shallow_dim = self.feature_dim - deep_dim
-        # The deep channels have a seed of their own, so the other stages' draw is the one made without them.
-        if embedding == "subset":
-            self.channel_subset = self.add_weight(shape=(dims,), dtype="int32", initializer="zeros",
-                                                  trainable=False, name="channel_subset")
-            chosen = [random_channels(shallow_dim, self.padim_features, self.seed),
-                      shallow_dim + random_channels(deep_dim, self.deep_features, self.seed + 1)]
-            self.channel_subset.assign(np.concatenate(chosen).astype(np.int32))
-        else:
-            self.projection = self.add_weight(shape=(self.feature_dim, dims), initializer="zeros",
-                                              trainable=False, name="projection")
-            if embedding == "orthogonal":  # pca's projection is fitted by calibrate()
-                self.projection.assign(self._block_projection(
-                    semi_orthogonal(shallow_dim, self.padim_features, self.seed),
-                    semi_orthogonal(deep_dim, self.deep_features, self.seed + 1)))
-        self.mean = self.add_weight(shape=(positions, dims), initializer="zeros", trainable=False, name="mean")
-        self.precision = self.add_weight(shape=(positions, dims, dims), initializer="zeros", trainable=False,
-                                         name="precision")
+        self._shallow_dim = self.feature_dim - deep_dim
+        self.reductions, self.means, self.precisions = [], [], []
+        for member, (embedding, seed) in enumerate(zip(self.embeddings, self._member_seeds())):
+            suffix = f"_{member}" if member else ""  # the first member's names are those of one-member models
+            self.reductions.append(self._reduction_weight(embedding, seed, suffix))
+            self.means.append(self.add_weight(shape=(positions, dims), initializer="zeros", trainable=False,
+                                              name=f"mean{suffix}"))
+            self.precisions.append(self.add_weight(shape=(positions, dims, dims), initializer="zeros",
+                                                   trainable=False, name=f"precision{suffix}"))
         self.built = True  # all state exists; nothing to build on a call
+
+    def _member_seeds(self):
+        """Each member's seed (None for pca): the first seeded member draws with seed, its deep channels
+        with seed + 1; the next with seed + 2 and + 3; and so on."""
+        seeds = iter(range(self.seed, self.seed + 2 * len(self.embeddings), 2))
+        return [None if embedding == "pca" else next(seeds) for embedding in self.embeddings]
+
+    def _reduction_weight(self, embedding, seed, suffix):
+        """A member's channel subset (dims,) or projection (D, dims), drawn with seed (and seed + 1 for the
+        deep channels, so that the other stages' draw is the one made without them)."""
+        shallow_dim, deep_dim = self._shallow_dim, self.feature_dim - self._shallow_dim
+        if embedding == "subset":
+            subset = self.add_weight(shape=(self.dims,), dtype="int32", initializer="zeros", trainable=False,
+                                     name=f"channel_subset{suffix}")
+            subset.assign(np.concatenate([random_channels(shallow_dim, self.padim_features, seed),
+                                          shallow_dim + random_channels(deep_dim, self.deep_features, seed + 1)]))
+            return subset
+        projection = self.add_weight(shape=(self.feature_dim, self.dims), initializer="zeros", trainable=False,
+                                     name=f"projection{suffix}")
+        if embedding == "orthogonal":  # pca's projection is fitted by calibrate()
+            projection.assign(self._block_projection(semi_orthogonal(shallow_dim, self.padim_features, seed),
+                                                     semi_orthogonal(deep_dim, self.deep_features, seed + 1)))
+        return projection
 
     def _last_stage_channels(self):
         # The concatenation runs over the stages in increasing order, so these are its last channels.
@@ -119,46 +144,57 @@ class PaDiM(PatchFeatureModel):
         return self.padim_features + self.deep_features
 
     def get_config(self):
+        embedding = self.embeddings[0] if len(self.embeddings) == 1 else list(self.embeddings)
         return {**super().get_config(), "padim_features": self.padim_features, "deep_features": self.deep_features,
-                "seed": self.seed, "embedding": self.embedding, "shrinkage": self.shrinkage}
+                "seed": self.seed, "embedding": embedding, "shrinkage": self.shrinkage}
 
-    def _position_features(self, features):
-        """(n, h, w, D) features -> (n, positions, dims): the chosen channels, or their projections."""
+    def _member_features(self, features):
+        """(n, h, w, D) features -> one (n, positions, dims) array per member: its chosen channels, or
+        their projections."""
         features = ops.convert_to_tensor(features)
-        if self.embedding == "subset":
-            reduced = ops.take(features, self.channel_subset, axis=-1)
-        else:
-            reduced = ops.matmul(features, self.projection)
-        return ops.reshape(reduced, (-1, self.grid_height * self.grid_width, self.dims))
+        reduced = [ops.take(features, reduction, axis=-1) if embedding == "subset" else ops.matmul(features, reduction)
+                   for embedding, reduction in zip(self.embeddings, self.reductions)]
+        return [ops.reshape(member, (-1, self.grid_height * self.grid_width, self.dims)) for member in reduced]
 
     @functools.cached_property
-    def _compiled_position_features(self):
-        return self._compiled(lambda images: self._position_features(self.patch_features(images)))
+    def _compiled_member_features(self):
+        return self._compiled(lambda images: self._member_features(self.patch_features(images)))
 
     def calibration_features(self, images):
         # The chosen channels are taken inside the compiled graph: an eager take of the 496 channels of
         # stages 1 2 4 6 at 384 px cost half as much again as the features themselves.
-        return ops.convert_to_numpy(self._compiled_position_features(images))
+        return [ops.convert_to_numpy(member) for member in self._compiled_member_features(images)]
 
     def calibrate(self, normal_images):
-        if self.embedding == "pca":
-            self.projection.assign(self._principal_axes(normal_images))
-        gaussians = RunningGaussians()
+        if "pca" in self.embeddings:
+            self.reductions[self.embeddings.index("pca")].assign(self._principal_axes(normal_images))
+        # One pass fills every member's Gaussians; their buffers share the memory one member had.
+        gaussians = [RunningGaussians(CHUNK_BYTES // len(self.embeddings)) for _ in self.embeddings]
         for features in self.dataset_features(normal_images):
-            gaussians.update(features)
-        if gaussians.count < 2:
-            raise UserError(f"padim needs at least 2 training images to estimate covariances, got {gaussians.count}")
-        mean, covariance = gaussians.finish()
-        covariance /= gaussians.count - 1  # in place: at 384 px each copy is 1.25 GB
+            for member, member_features in zip(gaussians, features):
+                member.update(member_features)
+        count = gaussians[0].count
+        if count < 2:
+            raise UserError(f"padim needs at least 2 training images to estimate covariances, got {count}")
+        for member, mean, precision in zip(gaussians, self.means, self.precisions):
+            member_mean, scatter = member.finish()
+            mean.assign(member_mean.astype(np.float32))
+            precision.assign(inverses(self._covariances(scatter, count)))
+        members = f"{len(self.embeddings)} x " if len(self.embeddings) > 1 else ""
+        report(f"padim: {members}{self.grid_height * self.grid_width} Gaussians of {self.dims} dims "
+               f"from {count} images")
+
+    def _covariances(self, scatter, count):
+        """A member's scatter matrices -> its covariances, shrunk and with the ridge, computed in place of
+        the scatter (at 384 px each copy is 1.25 GB)."""
+        covariance = scatter
+        covariance /= count - 1
         if self.shrinkage:
             pooled = covariance.mean(axis=0)
             covariance *= 1 - self.shrinkage
             covariance += self.shrinkage * pooled
         covariance += RIDGE * np.eye(self.dims)
-        self.mean.assign(mean.astype(np.float32))
-        self.precision.assign(inverses(covariance))
-        report(f"padim: {self.grid_height * self.grid_width} Gaussians of {self.dims} dims "
-               f"from {gaussians.count} images")
+        return covariance
 
     def _principal_axes(self, normal_images):
         """A first pass over the training images: the (D, dims) projection onto the leading principal
@@ -173,10 +209,12 @@ class PaDiM(PatchFeatureModel):
                                       leading_eigenvectors(scatter[0, cut:, cut:], self.deep_features))
 
     def _graph_patch_scores(self, features):
-        centred = self._position_features(features) - self.mean
-        squared = ops.sum(ops.einsum("npd,pde->npe", centred, self.precision) * centred, axis=-1)
-        distances = ops.sqrt(ops.maximum(squared, 0.0))  # rounding can make it slightly negative
-        return ops.reshape(distances, (-1, self.grid_height, self.grid_width))
+        distances = 0.0
+        for member, mean, precision in zip(self._member_features(features), self.means, self.precisions):
+            centred = member - mean
+            squared = ops.sum(ops.einsum("npd,pde->npe", centred, precision) * centred, axis=-1)
+            distances += ops.sqrt(ops.maximum(squared, 0.0))  # rounding can make it slightly negative
+        return ops.reshape(distances / len(self.embeddings), (-1, self.grid_height, self.grid_width))
 
 
 def inverses(matrices):

@@ -3,7 +3,8 @@ interpreter, onnxruntime), gives the Keras model's maps and scores; metadata.jso
 threshold; models without a graph path or without finetune.json are handled as documented.
 
 Tiny models on the 64 px synthetic set: mvtecCAE trained 1 epoch, PatchCore calibrated (no training),
-also with its image-score bank (--score-strides), and PaDiM with its projection (--padim-embedding orthogonal).
+also with its image-score bank (--score-strides), and PaDiM with two members, a projection and a channel
+subset (--padim-embedding orthogonal subset).
 """
 import json
 import shutil
@@ -35,7 +36,7 @@ def workdir(tmp_path_factory):
 # label -> (-a method, train.py flags)
 TRAINED = {"mvtecCAE": ("mvtecCAE", ["-e", "1"]), "patchcore": ("patchcore", []),
            "patchcore-score-bank": ("patchcore", ["--score-strides", "8", "16", "32"]),
-           "padim-orthogonal": ("padim", ["--padim-features", "20", "--padim-embedding", "orthogonal"])}
+           "padim-members": ("padim", ["--padim-features", "20", "--padim-embedding", "orthogonal", "subset"])}
 
 
 @pytest.fixture(scope="module")

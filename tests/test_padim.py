@@ -54,7 +54,7 @@ def test_inverses_in_blocks_match_numpy(monkeypatch):
 
 
 def test_patch_scores_are_mahalanobis_distances_to_each_positions_gaussian(padim, images):
-    chosen = padim.channel_subset.numpy()
+    chosen = padim.reductions[0].numpy()
     assert len(set(chosen)) == 20 and chosen.max() < padim.feature_dim
     train_features = padim.extract(images[0])[..., chosen].reshape(30, -1, 20)
     test_features = padim.extract(images[1][:2])[..., chosen].reshape(2, -1, 20)
@@ -83,7 +83,7 @@ def test_saved_model_reloads_with_identical_maps(padim, images, tmp_path):
     path = tmp_path / "model.keras"
     padim.save(path)
     reloaded = keras.saving.load_model(path, compile=False)
-    np.testing.assert_array_equal(reloaded.channel_subset.numpy(), padim.channel_subset.numpy())
+    np.testing.assert_array_equal(reloaded.reductions[0].numpy(), padim.reductions[0].numpy())
     np.testing.assert_array_equal(reloaded.anomaly_map(images[1]), padim.anomaly_map(images[1]))
 
 
@@ -111,19 +111,19 @@ def test_deep_features_come_from_the_last_stage_and_reload(images, tmp_path):
     """--feature-stages 1 2 4 6 --padim-deep-features 5: 20 channels drawn from stages 1 2 4 (176 of
     them), 5 from stage 6 (its 320), and the Gaussians model all 25."""
     model = PaDiM(input_size=SIZE, channels=3, padim_features=20, deep_features=5, feature_stages=(1, 2, 4, 6))
-    chosen = model.channel_subset.numpy()
+    chosen = model.reductions[0].numpy()
     assert model.feature_dim == 176 + 320 and len(set(chosen)) == 25
     np.testing.assert_array_equal(chosen[:20], random_channels(176, 20, seed=0))
     assert (chosen[20:] >= 176).all() and (chosen[20:] < 496).all()
     model.calibrate(as_dataset(images[0]))
-    assert model.mean.shape == (SIZE // 4 * SIZE // 4, 25) and model.precision.shape[1:] == (25, 25)
+    assert model.means[0].shape == (SIZE // 4 * SIZE // 4, 25) and model.precisions[0].shape[1:] == (25, 25)
     reloaded = localises_and_reloads(model, images[1], tmp_path)
     assert reloaded.deep_features == 5
 
 
 def test_without_deep_features_one_draw_covers_every_stage():
     model = PaDiM(input_size=SIZE, channels=3, padim_features=20, feature_stages=(1, 2, 4, 6))
-    np.testing.assert_array_equal(model.channel_subset.numpy(), random_channels(496, 20, seed=0))
+    np.testing.assert_array_equal(model.reductions[0].numpy(), random_channels(496, 20, seed=0))
 
 
 @pytest.mark.parametrize("options, message", [
@@ -157,19 +157,19 @@ def test_orthogonal_embedding_models_projected_features_and_reloads(images, tmp_
     directions, stage 6 onto 5), Gaussians of the projected features, same maps after a reload."""
     model = PaDiM(input_size=SIZE, channels=3, padim_features=20, deep_features=5, feature_stages=(1, 2, 4, 6),
                   embedding="orthogonal", seed=2)
-    projection = model.projection.numpy()
+    projection = model.reductions[0].numpy()
     np.testing.assert_array_equal(projection[:176, :20], semi_orthogonal(176, 20, seed=2))
     np.testing.assert_array_equal(projection[176:, 20:], semi_orthogonal(320, 5, seed=3))
     assert not projection[176:, :20].any() and not projection[:176, 20:].any()
     model.calibrate(as_dataset(images[0]))
     train_features = (model.extract(images[0]) @ projection).reshape(30, -1, 25).astype(np.float64)
     position = 40
-    np.testing.assert_allclose(model.mean.numpy()[position], train_features[:, position].mean(axis=0),
+    np.testing.assert_allclose(model.means[0].numpy()[position], train_features[:, position].mean(axis=0),
                                rtol=1e-4, atol=1e-4)
     covariance = np.cov(train_features[:, position], rowvar=False) + RIDGE * np.eye(25)
-    np.testing.assert_allclose(model.precision.numpy()[position], np.linalg.inv(covariance), rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(model.precisions[0].numpy()[position], np.linalg.inv(covariance), rtol=2e-3, atol=2e-3)
     reloaded = localises_and_reloads(model, images[1], tmp_path)
-    assert reloaded.embedding == "orthogonal"
+    assert reloaded.embeddings == ("orthogonal",)
 
 
 def test_pca_embedding_projects_onto_the_leading_principal_axes_and_reloads(images, tmp_path):
@@ -182,7 +182,7 @@ def test_pca_embedding_projects_onto_the_leading_principal_axes_and_reloads(imag
         return model
 
     model = calibrated(seed=2)
-    projection = model.projection.numpy()
+    projection = model.reductions[0].numpy()
     assert not projection[176:, :20].any() and not projection[:176, 20:].any()
     pooled = model.extract(images[0]).reshape(-1, 496).astype(np.float64)
     for block, columns in ((slice(0, 176), slice(0, 20)), (slice(176, 496), slice(20, 25))):
@@ -194,7 +194,7 @@ def test_pca_embedding_projects_onto_the_leading_principal_axes_and_reloads(imag
         np.testing.assert_allclose(axes @ axes.T, leading @ leading.T, atol=1e-4)
     np.testing.assert_allclose(calibrated(seed=7).anomaly_map(images[1]), model.anomaly_map(images[1]), rtol=1e-5)
     reloaded = localises_and_reloads(model, images[1], tmp_path)
-    assert reloaded.embedding == "pca"
+    assert reloaded.embeddings == ("pca",)
 
 
 def test_shrinkage_pulls_each_covariance_towards_the_pooled_one_and_reloads(images, tmp_path):
@@ -202,12 +202,12 @@ def test_shrinkage_pulls_each_covariance_towards_the_pooled_one_and_reloads(imag
     positions, then the ridge."""
     model = PaDiM(input_size=SIZE, channels=3, padim_features=20, shrinkage=0.3)
     model.calibrate(as_dataset(images[0]))
-    chosen = model.channel_subset.numpy()
+    chosen = model.reductions[0].numpy()
     train_features = model.extract(images[0])[..., chosen].reshape(30, -1, 20).astype(np.float64)
     own = np.stack([np.cov(train_features[:, position], rowvar=False) for position in range(train_features.shape[1])])
     for position in (0, 27, 63):
         covariance = 0.7 * own[position] + 0.3 * own.mean(axis=0) + RIDGE * np.eye(20)
-        np.testing.assert_allclose(model.precision.numpy()[position], np.linalg.inv(covariance), rtol=2e-3, atol=2e-3)
+        np.testing.assert_allclose(model.precisions[0].numpy()[position], np.linalg.inv(covariance), rtol=2e-3, atol=2e-3)
     reloaded = localises_and_reloads(model, images[1], tmp_path)
     assert reloaded.shrinkage == 0.3
 
@@ -218,9 +218,31 @@ def test_shrinkage_outside_0_1_is_a_user_error(shrinkage):
         PaDiM(input_size=SIZE, channels=3, shrinkage=shrinkage)
 
 
-def test_unknown_embedding_is_a_user_error():
-    with pytest.raises(UserError, match="--padim-embedding must be one of subset, orthogonal, pca"):
-        PaDiM(input_size=SIZE, channels=3, embedding="random")
+def test_members_average_their_distance_maps_and_reload(images, tmp_path):
+    """--padim-embedding pca subset subset: three sets of Gaussians, the subsets drawn with seed and
+    seed + 2; the map is the mean of the three one-member models' maps."""
+    def calibrated(embedding, seed):
+        model = PaDiM(input_size=SIZE, channels=3, padim_features=20, embedding=embedding, seed=seed)
+        model.calibrate(as_dataset(images[0]))
+        return model
+
+    model = calibrated(("pca", "subset", "subset"), seed=3)
+    np.testing.assert_array_equal(model.reductions[1].numpy(), random_channels(152, 20, seed=3))
+    np.testing.assert_array_equal(model.reductions[2].numpy(), random_channels(152, 20, seed=5))
+    alone = [calibrated("pca", seed=0), calibrated("subset", seed=3), calibrated("subset", seed=5)]
+    mean_map = np.mean([member.anomaly_map(images[1]) for member in alone], axis=0)
+    np.testing.assert_allclose(model.anomaly_map(images[1]), mean_map, rtol=1e-4, atol=1e-4)
+    reloaded = localises_and_reloads(model, images[1], tmp_path)
+    assert reloaded.embeddings == ("pca", "subset", "subset")
+
+
+@pytest.mark.parametrize("embedding, message", [
+    ("random", "--padim-embedding takes one or more of subset, orthogonal, pca, got random"),
+    (("pca", "subset", "pca"), "--padim-embedding names pca more than once"),
+    ((), "--padim-embedding takes one or more of subset, orthogonal, pca, got none")])
+def test_bad_embeddings_are_user_errors(embedding, message):
+    with pytest.raises(UserError, match=message):
+        PaDiM(input_size=SIZE, channels=3, embedding=embedding)
 
 
 def test_grayscale_works(small_synthetic):
@@ -266,10 +288,10 @@ def test_train_finetune_test_end_to_end(workdir, small_synthetic):
                           "--padim-shrinkage", "0.1"])
     options = json.loads((run_dir / "run.json").read_text())["config"]["options"]
     assert options["padim_features"] == 100 and options["input_normalization"] == "imagenet"
-    assert options["padim_embedding"] == "orthogonal" and options["padim_shrinkage"] == 0.1
+    assert options["padim_embedding"] == ["orthogonal"] and options["padim_shrinkage"] == 0.1
     reloaded = keras.saving.load_model(run_dir / "model.keras", compile=False)
     backbone = next(layer for layer in reloaded.patch_features.layers if isinstance(layer, keras.Model))
-    assert reloaded.input_normalization == "imagenet" and reloaded.embedding == "orthogonal"
+    assert reloaded.input_normalization == "imagenet" and reloaded.embeddings == ("orthogonal",)
     assert reloaded.shrinkage == 0.1
     np.testing.assert_allclose(backbone.get_layer("normalize").scale, [1 / 0.229, 1 / 0.224, 1 / 0.225])
     finetune.main([])
