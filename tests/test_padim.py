@@ -207,7 +207,8 @@ def test_shrinkage_pulls_each_covariance_towards_the_pooled_one_and_reloads(imag
     own = np.stack([np.cov(train_features[:, position], rowvar=False) for position in range(train_features.shape[1])])
     for position in (0, 27, 63):
         covariance = 0.7 * own[position] + 0.3 * own.mean(axis=0) + RIDGE * np.eye(20)
-        np.testing.assert_allclose(model.precisions[0].numpy()[position], np.linalg.inv(covariance), rtol=2e-3, atol=2e-3)
+        np.testing.assert_allclose(model.precisions[0].numpy()[position], np.linalg.inv(covariance),
+                                   rtol=2e-3, atol=2e-3)
     reloaded = localises_and_reloads(model, images[1], tmp_path)
     assert reloaded.shrinkage == 0.3
 
