@@ -87,8 +87,9 @@ def _memorybank_arguments(parser):
     group.add_argument("--score-candidates", type=float, default=0.25,
                        help="patchcore with --score-strides or --score-stages: share of patches, those with the "
                             "highest map scores, searched in the image-score bank")
-    group.add_argument("--padim-features", type=int, default=100, help="padim: random feature channels kept (directions with --padim-embedding "
-                            "orthogonal or pca)")
+    group.add_argument("--padim-features", type=int, default=100,
+                       help="padim: random feature channels kept (directions with --padim-embedding orthogonal "
+                            "or pca)")
     group.add_argument("--padim-deep-features", type=int, default=0,
                        help="padim: this many more random channels, drawn apart from the last of --feature-stages "
                             "(--padim-features then come from the others): a stride-32 stage's context without "

@@ -22,11 +22,16 @@ def images(small_synthetic):
     return synthetic_images(small_synthetic)
 
 
-@pytest.fixture(scope="module")
-def padim(images):
-    model = PaDiM(input_size=SIZE, channels=3, padim_features=20)
+def calibrated(images, **options):
+    """A 20-dim PaDiM (unless options say otherwise) calibrated on the normal images of `images`."""
+    model = PaDiM(input_size=SIZE, channels=3, **{"padim_features": 20, **options})
     model.calibrate(as_dataset(images[0]))
     return model
+
+
+@pytest.fixture(scope="module")
+def padim(images):
+    return calibrated(images)
 
 
 @pytest.mark.parametrize("chunk_images", [1, 4, 100])  # every batch merged alone, chunks across batches, one chunk
@@ -100,8 +105,7 @@ def localises_and_reloads(model, held_out, tmp_path):
 
 def test_stride_4_grid_from_stage_1_localises_and_reloads(images, tmp_path):
     """--feature-stages 1 2 4 (the bench's padim-lite0-st124): one Gaussian per 4x4 pixels."""
-    model = PaDiM(input_size=SIZE, channels=3, padim_features=20, feature_stages=(1, 2, 4))
-    model.calibrate(as_dataset(images[0]))
+    model = calibrated(images, feature_stages=(1, 2, 4))
     assert (model.grid_height, model.grid_width, model.feature_dim) == (SIZE // 4, SIZE // 4, 24 + 40 + 112)
     reloaded = localises_and_reloads(model, images[1], tmp_path)
     assert reloaded.feature_stages == (1, 2, 4)
@@ -175,13 +179,10 @@ def test_orthogonal_embedding_models_projected_features_and_reloads(images, tmp_
 def test_pca_embedding_projects_onto_the_leading_principal_axes_and_reloads(images, tmp_path):
     """--padim-embedding pca with deep features: stages 1 2 4 onto the 20 leading principal axes of their
     training features pooled over all positions, stage 6 onto its own 5; no seed in it."""
-    def calibrated(seed):
-        model = PaDiM(input_size=SIZE, channels=3, padim_features=20, deep_features=5, feature_stages=(1, 2, 4, 6),
-                      embedding="pca", seed=seed)
-        model.calibrate(as_dataset(images[0]))
-        return model
+    def pca_calibrated(seed):
+        return calibrated(images, deep_features=5, feature_stages=(1, 2, 4, 6), embedding="pca", seed=seed)
 
-    model = calibrated(seed=2)
+    model = pca_calibrated(seed=2)
     projection = model.reductions[0].numpy()
     assert not projection[176:, :20].any() and not projection[:176, 20:].any()
     pooled = model.extract(images[0]).reshape(-1, 496).astype(np.float64)
@@ -192,7 +193,7 @@ def test_pca_embedding_projects_onto_the_leading_principal_axes_and_reloads(imag
         leading = eigenvectors[:, ::-1][:, :axes.shape[1]]
         # The same subspace (eigenvectors are unique only up to sign): equal orthogonal projectors.
         np.testing.assert_allclose(axes @ axes.T, leading @ leading.T, atol=1e-4)
-    np.testing.assert_allclose(calibrated(seed=7).anomaly_map(images[1]), model.anomaly_map(images[1]), rtol=1e-5)
+    np.testing.assert_allclose(pca_calibrated(seed=7).anomaly_map(images[1]), model.anomaly_map(images[1]), rtol=1e-5)
     reloaded = localises_and_reloads(model, images[1], tmp_path)
     assert reloaded.embeddings == ("pca",)
 
@@ -200,8 +201,7 @@ def test_pca_embedding_projects_onto_the_leading_principal_axes_and_reloads(imag
 def test_shrinkage_pulls_each_covariance_towards_the_pooled_one_and_reloads(images, tmp_path):
     """--padim-shrinkage 0.3: each position's covariance is 0.7 of its own plus 0.3 of the mean over
     positions, then the ridge."""
-    model = PaDiM(input_size=SIZE, channels=3, padim_features=20, shrinkage=0.3)
-    model.calibrate(as_dataset(images[0]))
+    model = calibrated(images, shrinkage=0.3)
     chosen = model.reductions[0].numpy()
     train_features = model.extract(images[0])[..., chosen].reshape(30, -1, 20).astype(np.float64)
     own = np.stack([np.cov(train_features[:, position], rowvar=False) for position in range(train_features.shape[1])])
@@ -222,15 +222,10 @@ def test_shrinkage_outside_0_1_is_a_user_error(shrinkage):
 def test_members_average_their_distance_maps_and_reload(images, tmp_path):
     """--padim-embedding pca subset subset: three sets of Gaussians, the subsets drawn with seed and
     seed + 2; the map is the mean of the three one-member models' maps."""
-    def calibrated(embedding, seed):
-        model = PaDiM(input_size=SIZE, channels=3, padim_features=20, embedding=embedding, seed=seed)
-        model.calibrate(as_dataset(images[0]))
-        return model
-
-    model = calibrated(("pca", "subset", "subset"), seed=3)
+    model = calibrated(images, embedding=("pca", "subset", "subset"), seed=3)
     np.testing.assert_array_equal(model.reductions[1].numpy(), random_channels(152, 20, seed=3))
     np.testing.assert_array_equal(model.reductions[2].numpy(), random_channels(152, 20, seed=5))
-    alone = [calibrated("pca", seed=0), calibrated("subset", seed=3), calibrated("subset", seed=5)]
+    alone = [calibrated(images, embedding="pca"), calibrated(images, seed=3), calibrated(images, seed=5)]
     mean_map = np.mean([member.anomaly_map(images[1]) for member in alone], axis=0)
     np.testing.assert_allclose(model.anomaly_map(images[1]), mean_map, rtol=1e-4, atol=1e-4)
     reloaded = localises_and_reloads(model, images[1], tmp_path)
