@@ -90,11 +90,12 @@ def _memorybank_arguments(parser):
     group.add_argument("--padim-features", type=int, default=100,
                        help="padim: random feature channels kept (directions with --padim-embedding orthogonal "
                             "or pca)")
-    group.add_argument("--padim-deep-features", type=int, default=0,
+    group.add_argument("--padim-deep-features", type=int, nargs="+", default=0,
                        help="padim: this many more random channels, drawn apart from the last of --feature-stages "
                             "(--padim-features then come from the others): a stride-32 stage's context without "
                             "its 192-320 channels filling the draw, e.g. --feature-stages 1 2 4 6 "
-                            "--padim-deep-features 30; default 0: one draw over all stages")
+                            "--padim-deep-features 30; one count per --padim-embedding member gives each its own "
+                            "(0: none); default 0: one draw over all stages")
     group.add_argument("--padim-embedding", choices=EMBEDDINGS, nargs="+", default="subset",
                        help="padim: how each draw reduces the features: subset keeps the drawn channels (the "
                             "paper's), orthogonal projects onto as many seeded orthonormal directions (Kim et al. "

@@ -81,6 +81,9 @@ VARIANTS = {
     "padim-lite0-st124-deep6x30-s384-pca": ("padim", f"{PADIM_DEEP6X30_S384} --padim-embedding pca"),
     # Two members, those Gaussians and the random subsets' (seed 0), their distance maps averaged.
     "padim-lite0-st124-deep6x30-s384-pca-subset": ("padim", f"{PADIM_DEEP6X30_S384} --padim-embedding pca subset"),
+    # And a third member without stage 6 (stages 1 2 4, seed 2): sharper on magnetic_tile's small blowholes.
+    "padim-lite0-st124-deep6x30-s384-pca-subset-subset0": (
+        "padim", f"{PADIM_DEEP6X30_S384} --padim-embedding pca subset subset --padim-deep-features 30 30 0"),
     # All three depths in one bank: the stride-32 context for image decisions, the stride-8 grid for maps.
     "patchcore-lite0-s8-16-32": ("patchcore", "--backbone lite0 --coreset-ratio 0.01 --feature-strides 8 16 32"),
     # Maps from the default stride 8/16 bank, image scores from a second, stride 8/16/32 bank (one backbone pass).

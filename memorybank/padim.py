@@ -71,40 +71,54 @@ class PaDiM(PatchFeatureModel):
 
     def __init__(self, padim_features=100, deep_features=0, seed=0, embedding="subset", shrinkage=0.0, **kwargs):
         super().__init__(**kwargs)
-        self.padim_features, self.deep_features, self.seed = int(padim_features), int(deep_features), int(seed)
+        self.padim_features, self.seed = int(padim_features), int(seed)
         self.embeddings = (embedding,) if isinstance(embedding, str) else tuple(embedding)
+        self.deep_features, self.member_deep_features = self._deep_counts(deep_features)
         unknown = [name for name in self.embeddings if name not in EMBEDDINGS]
         if unknown or not self.embeddings:
             raise UserError(f"--padim-embedding takes one or more of {', '.join(EMBEDDINGS)}, got "
                             f"{' '.join(unknown) or 'none'}")
-        if self.embeddings.count("pca") > 1:
-            raise UserError("--padim-embedding names pca more than once: pca has no seed, so every pca member "
-                            "would be the same Gaussians")
+        pca_deep = [deep for name, deep in zip(self.embeddings, self.member_deep_features) if name == "pca"]
+        if len(set(pca_deep)) < len(pca_deep):
+            raise UserError("--padim-embedding names pca more than once with the same --padim-deep-features: pca "
+                            "has no seed, so those members would be the same Gaussians")
         if not 0 <= shrinkage <= 1:
             raise UserError(f"--padim-shrinkage must be between 0 and 1, got {shrinkage}")
         self.shrinkage = float(shrinkage)
-        deep_dim = self._last_stage_channels() if self.deep_features else 0
+        deep_dim = self._last_stage_channels() if any(self.member_deep_features) else 0
         if deep_dim and len(self.feature_stages) < 2:
             raise UserError("--padim-deep-features needs two or more --feature-stages: it draws from the last "
                             f"one apart from the others, got {self.feature_stages[0]} alone")
-        if not 0 <= self.deep_features <= deep_dim:
+        if not all(0 <= deep <= deep_dim for deep in self.member_deep_features):
             raise UserError(f"--padim-deep-features must be between 0 and {deep_dim} (the channels of stage "
-                            f"{self.feature_stages[-1]}), got {deep_features}")
+                            f"{self.feature_stages[-1]}), got {' '.join(map(str, self.member_deep_features))}")
         if not 1 <= self.padim_features <= self.feature_dim - deep_dim:
             raise UserError(f"--padim-features must be between 1 and {self.feature_dim - deep_dim} "
                             f"(the {self.backbone} patch feature size"
                             f"{' without the last stage' if deep_dim else ''}), got {padim_features}")
-        positions, dims = self.grid_height * self.grid_width, self.dims
+        positions = self.grid_height * self.grid_width
         self._shallow_dim = self.feature_dim - deep_dim
         self.reductions, self.means, self.precisions = [], [], []
-        for member, (embedding, seed) in enumerate(zip(self.embeddings, self._member_seeds())):
+        for member, (embedding, seed, deep) in enumerate(zip(self.embeddings, self._member_seeds(),
+                                                             self.member_deep_features)):
             suffix = f"_{member}" if member else ""  # the first member's names are those of one-member models
-            self.reductions.append(self._reduction_weight(embedding, seed, suffix))
+            dims = self.padim_features + deep
+            self.reductions.append(self._reduction_weight(embedding, seed, deep, suffix))
             self.means.append(self.add_weight(shape=(positions, dims), initializer="zeros", trainable=False,
                                               name=f"mean{suffix}"))
             self.precisions.append(self.add_weight(shape=(positions, dims, dims), initializer="zeros",
                                                    trainable=False, name=f"precision{suffix}"))
         self.built = True  # all state exists; nothing to build on a call
+
+    def _deep_counts(self, deep_features):
+        """deep_features as given (one count, or one per member) -> (the config's value, a count per member)."""
+        counts = [int(deep_features)] if np.ndim(deep_features) == 0 else [int(count) for count in deep_features]
+        if len(counts) == 1:
+            return counts[0], counts * len(self.embeddings)
+        if len(counts) != len(self.embeddings):
+            raise UserError(f"--padim-deep-features takes one count, or one per --padim-embedding member "
+                            f"({len(self.embeddings)}), got {len(counts)}")
+        return counts, counts
 
     def _member_seeds(self):
         """Each member's seed (None for pca): the first seeded member draws with seed, its deep channels
@@ -112,21 +126,22 @@ class PaDiM(PatchFeatureModel):
         seeds = iter(range(self.seed, self.seed + 2 * len(self.embeddings), 2))
         return [None if embedding == "pca" else next(seeds) for embedding in self.embeddings]
 
-    def _reduction_weight(self, embedding, seed, suffix):
-        """A member's channel subset (dims,) or projection (D, dims), drawn with seed (and seed + 1 for the
-        deep channels, so that the other stages' draw is the one made without them)."""
+    def _reduction_weight(self, embedding, seed, deep_features, suffix):
+        """A member's channel subset (dims,) or projection (D, dims), drawn with seed (and seed + 1 for its
+        deep_features channels, so that the other stages' draw is the one made without them)."""
         shallow_dim, deep_dim = self._shallow_dim, self.feature_dim - self._shallow_dim
+        dims = self.padim_features + deep_features
         if embedding == "subset":
-            subset = self.add_weight(shape=(self.dims,), dtype="int32", initializer="zeros", trainable=False,
+            subset = self.add_weight(shape=(dims,), dtype="int32", initializer="zeros", trainable=False,
                                      name=f"channel_subset{suffix}")
             subset.assign(np.concatenate([random_channels(shallow_dim, self.padim_features, seed),
-                                          shallow_dim + random_channels(deep_dim, self.deep_features, seed + 1)]))
+                                          shallow_dim + random_channels(deep_dim, deep_features, seed + 1)]))
             return subset
-        projection = self.add_weight(shape=(self.feature_dim, self.dims), initializer="zeros", trainable=False,
+        projection = self.add_weight(shape=(self.feature_dim, dims), initializer="zeros", trainable=False,
                                      name=f"projection{suffix}")
         if embedding == "orthogonal":  # pca's projection is fitted by calibrate()
             projection.assign(self._block_projection(semi_orthogonal(shallow_dim, self.padim_features, seed),
-                                                     semi_orthogonal(deep_dim, self.deep_features, seed + 1)))
+                                                     semi_orthogonal(deep_dim, deep_features, seed + 1)))
         return projection
 
     def _last_stage_channels(self):
@@ -135,16 +150,16 @@ class PaDiM(PatchFeatureModel):
 
     def _block_projection(self, shallow, deep):
         """(D, dims) projection: the other stages' channels onto the first padim_features dims, the last
-        stage's onto the deep_features after them."""
-        projection = np.zeros((self.feature_dim, self.dims), np.float32)
+        stage's onto the deep ones after them."""
+        projection = np.zeros((self.feature_dim, self.padim_features + deep.shape[1]), np.float32)
         projection[:len(shallow), :self.padim_features] = shallow
         projection[len(shallow):, self.padim_features:] = deep
         return projection
 
     @property
-    def dims(self):
-        """Channels each Gaussian models."""
-        return self.padim_features + self.deep_features
+    def member_dims(self):
+        """Channels each member's Gaussians model."""
+        return [self.padim_features + deep for deep in self.member_deep_features]
 
     def get_config(self):
         embedding = self.embeddings[0] if len(self.embeddings) == 1 else list(self.embeddings)
@@ -157,7 +172,8 @@ class PaDiM(PatchFeatureModel):
         features = ops.convert_to_tensor(features)
         reduced = [ops.take(features, reduction, axis=-1) if embedding == "subset" else ops.matmul(features, reduction)
                    for embedding, reduction in zip(self.embeddings, self.reductions)]
-        return [ops.reshape(member, (-1, self.grid_height * self.grid_width, self.dims)) for member in reduced]
+        return [ops.reshape(member, (-1, self.grid_height * self.grid_width, dims))
+                for member, dims in zip(reduced, self.member_dims)]
 
     @functools.cached_property
     def _compiled_member_features(self):
@@ -170,7 +186,7 @@ class PaDiM(PatchFeatureModel):
 
     def calibrate(self, normal_images):
         if "pca" in self.embeddings:
-            self.reductions[self.embeddings.index("pca")].assign(self._principal_axes(normal_images))
+            self._fit_principal_axes(normal_images)
         # One pass fills every member's Gaussians; their buffers share the memory one member had.
         gaussians = [RunningGaussians(CHUNK_BYTES // len(self.embeddings)) for _ in self.embeddings]
         for features in self.dataset_features(normal_images):
@@ -184,8 +200,8 @@ class PaDiM(PatchFeatureModel):
             mean.assign(member_mean.astype(np.float32))
             precision.assign(inverses(self._covariances(scatter, count)))
         members = f"{len(self.embeddings)} x " if len(self.embeddings) > 1 else ""
-        report(f"padim: {members}{self.grid_height * self.grid_width} Gaussians of {self.dims} dims "
-               f"from {count} images")
+        dims = "/".join(str(dims) for dims in dict.fromkeys(self.member_dims))
+        report(f"padim: {members}{self.grid_height * self.grid_width} Gaussians of {dims} dims from {count} images")
 
     def _covariances(self, scatter, count):
         """A member's scatter matrices -> its covariances, shrunk and with the ridge, computed in place of
@@ -196,20 +212,23 @@ class PaDiM(PatchFeatureModel):
             pooled = covariance.mean(axis=0)
             covariance *= 1 - self.shrinkage
             covariance += self.shrinkage * pooled
-        covariance += RIDGE * np.eye(self.dims)
+        covariance += RIDGE * np.eye(covariance.shape[-1])
         return covariance
 
-    def _principal_axes(self, normal_images):
-        """A first pass over the training images: the (D, dims) projection onto the leading principal
-        axes of their patch features, pooled over all positions, for each of the two channel blocks."""
+    def _fit_principal_axes(self, normal_images):
+        """A first pass over the training images: each pca member's (D, dims) projection onto the leading
+        principal axes of their patch features, pooled over all positions, for each of the two channel
+        blocks."""
         report("padim: principal axes of the training features (first of two passes)")
         pooled = RunningGaussians()
         for features in self.dataset_features(normal_images, self.extract):
             pooled.update(features.reshape(-1, 1, self.feature_dim))
         _, scatter = pooled.finish()
         cut = self._shallow_dim
-        return self._block_projection(leading_eigenvectors(scatter[0, :cut, :cut], self.padim_features),
-                                      leading_eigenvectors(scatter[0, cut:, cut:], self.deep_features))
+        shallow = leading_eigenvectors(scatter[0, :cut, :cut], self.padim_features)
+        for embedding, reduction, deep in zip(self.embeddings, self.reductions, self.member_deep_features):
+            if embedding == "pca":
+                reduction.assign(self._block_projection(shallow, leading_eigenvectors(scatter[0, cut:, cut:], deep)))
 
     def _graph_patch_scores(self, features):
         distances = 0.0

@@ -135,6 +135,10 @@ def test_without_deep_features_one_draw_covers_every_stage():
     (dict(feature_stages=(1, 2, 4, 6), deep_features=321), "--padim-deep-features must be between 0 and 320"),
     (dict(feature_stages=(1, 2, 4, 6), deep_features=3, padim_features=177),
      "--padim-features must be between 1 and 176"),
+    (dict(feature_stages=(1, 2, 4, 6), embedding=("pca", "subset"), deep_features=(3, 2, 1)),
+     r"--padim-deep-features takes one count, or one per --padim-embedding member \(2\), got 3"),
+    (dict(feature_stages=(1, 2, 4, 6), embedding=("pca", "subset"), deep_features=(3, -1)),
+     "--padim-deep-features must be between 0 and 320 .* got 3 -1"),
 ])
 def test_bad_deep_features_are_user_errors(options, message):
     with pytest.raises(UserError, match=message):
@@ -232,9 +236,27 @@ def test_members_average_their_distance_maps_and_reload(images, tmp_path):
     assert reloaded.embeddings == ("pca", "subset", "subset")
 
 
+def test_members_take_their_own_deep_features(images, tmp_path):
+    """--feature-stages 1 2 4 6 --padim-embedding pca subset pca --padim-deep-features 5 0 0: the members
+    without deep channels model stages 1 2 4 alone (the two pca members differ), and the map is the mean of
+    the maps of the one-member models of those stages."""
+    model = calibrated(images, embedding=("pca", "subset", "pca"), deep_features=(5, 0, 0),
+                       feature_stages=(1, 2, 4, 6), seed=3)
+    assert model.member_dims == [25, 20, 20] and model.precisions[1].shape[1:] == (20, 20)
+    np.testing.assert_array_equal(model.reductions[1].numpy(), random_channels(176, 20, seed=3))
+    assert not model.reductions[2].numpy()[176:].any() and model.reductions[0].numpy()[176:].any()
+    alone = [calibrated(images, embedding="pca", deep_features=5, feature_stages=(1, 2, 4, 6)),
+             calibrated(images, feature_stages=(1, 2, 4), seed=3),
+             calibrated(images, embedding="pca", feature_stages=(1, 2, 4))]
+    mean_map = np.mean([member.anomaly_map(images[1]) for member in alone], axis=0)
+    np.testing.assert_allclose(model.anomaly_map(images[1]), mean_map, rtol=1e-4, atol=1e-4)
+    reloaded = localises_and_reloads(model, images[1], tmp_path)
+    assert reloaded.deep_features == [5, 0, 0] and reloaded.member_deep_features == [5, 0, 0]
+
+
 @pytest.mark.parametrize("embedding, message", [
     ("random", "--padim-embedding takes one or more of subset, orthogonal, pca, got random"),
-    (("pca", "subset", "pca"), "--padim-embedding names pca more than once"),
+    (("pca", "subset", "pca"), "--padim-embedding names pca more than once with the same --padim-deep-features"),
     ((), "--padim-embedding takes one or more of subset, orthogonal, pca, got none")])
 def test_bad_embeddings_are_user_errors(embedding, message):
     with pytest.raises(UserError, match=message):
@@ -281,14 +303,16 @@ def test_too_many_padim_features_is_one_line(workdir, small_synthetic, capsys):
 def test_train_finetune_test_end_to_end(workdir, small_synthetic):
     run_dir = train.main(["-d", str(small_synthetic), "-a", "padim", "--size", "64", "-c", "grayscale",
                           "--input-normalization", "imagenet", "--padim-embedding", "orthogonal",
-                          "--padim-shrinkage", "0.1"])
+                          "--padim-shrinkage", "0.1", "--feature-stages", "1", "2", "4", "6",
+                          "--padim-deep-features", "10"])
     options = json.loads((run_dir / "run.json").read_text())["config"]["options"]
     assert options["padim_features"] == 100 and options["input_normalization"] == "imagenet"
     assert options["padim_embedding"] == ["orthogonal"] and options["padim_shrinkage"] == 0.1
+    assert options["padim_deep_features"] == [10]
     reloaded = keras.saving.load_model(run_dir / "model.keras", compile=False)
     backbone = next(layer for layer in reloaded.patch_features.layers if isinstance(layer, keras.Model))
     assert reloaded.input_normalization == "imagenet" and reloaded.embeddings == ("orthogonal",)
-    assert reloaded.shrinkage == 0.1
+    assert reloaded.shrinkage == 0.1 and reloaded.deep_features == 10
     np.testing.assert_allclose(backbone.get_layer("normalize").scale, [1 / 0.229, 1 / 0.224, 1 / 0.225])
     finetune.main([])
     metrics = json.loads((test_cli.main([]) / "metrics.json").read_text())
