@@ -34,7 +34,10 @@ deep channels with seed + 2k + 1), and a patch's score is the mean of the member
 member adds its Gaussians to the model's size and scoring cost (at 384 px, 9,216 of 130 dims: 620 MB).
 At 384 px with stages 1 2 4 6, pca beside the seed's subsets kept cookie's perfect image AUROC and
 most of the subsets' AUPRO (bottle 0.9225, glass_fiber 0.668, against 0.9218 and 0.635 with pca alone;
-seed 0, README).
+seed 0, README). `deep_features` may give each member its own count, e.g. (30, 30, 0) for
+("pca", "subset", "subset"): a member with 0 models the other stages alone, without the last stage's
+context: its maps are sharper on small defects (magnetic_tile's blowholes), while the other members
+keep the context that kolektorsdd's maps need.
 
 `shrinkage` a > 0 shrinks each position's covariance towards the covariance pooled over all
 positions, (1 - a) S_p + a mean_p(S_p), before the ridge (Friedman 1989's regularised discriminant
