@@ -102,10 +102,9 @@ class PaDiM(PatchFeatureModel):
         positions = self.grid_height * self.grid_width
         self._shallow_dim = self.feature_dim - deep_dim
         self.reductions, self.means, self.precisions = [], [], []
-        for member, (embedding, seed, deep) in enumerate(zip(self.embeddings, self._member_seeds(),
-                                                             self.member_deep_features)):
+        for member, (embedding, seed, deep, dims) in enumerate(zip(self.embeddings, self._member_seeds(),
+                                                                   self.member_deep_features, self.member_dims)):
             suffix = f"_{member}" if member else ""  # the first member's names are those of one-member models
-            dims = self.padim_features + deep
             self.reductions.append(self._reduction_weight(embedding, seed, deep, suffix))
             self.means.append(self.add_weight(shape=(positions, dims), initializer="zeros", trainable=False,
                                               name=f"mean{suffix}"))
@@ -203,7 +202,7 @@ class PaDiM(PatchFeatureModel):
             mean.assign(member_mean.astype(np.float32))
             precision.assign(inverses(self._covariances(scatter, count)))
         members = f"{len(self.embeddings)} x " if len(self.embeddings) > 1 else ""
-        dims = "/".join(str(dims) for dims in dict.fromkeys(self.member_dims))
+        dims = "/".join(str(member_dims) for member_dims in dict.fromkeys(self.member_dims))
         report(f"padim: {members}{self.grid_height * self.grid_width} Gaussians of {dims} dims from {count} images")
 
     def _covariances(self, scatter, count):
@@ -229,9 +228,11 @@ class PaDiM(PatchFeatureModel):
         _, scatter = pooled.finish()
         cut = self._shallow_dim
         shallow = leading_eigenvectors(scatter[0, :cut, :cut], self.padim_features)
-        for embedding, reduction, deep in zip(self.embeddings, self.reductions, self.member_deep_features):
+        # One eigendecomposition of the last stage's block serves every pca member: each takes its leading axes.
+        deep = leading_eigenvectors(scatter[0, cut:, cut:], max(self.member_deep_features))
+        for embedding, reduction, deep_features in zip(self.embeddings, self.reductions, self.member_deep_features):
             if embedding == "pca":
-                reduction.assign(self._block_projection(shallow, leading_eigenvectors(scatter[0, cut:, cut:], deep)))
+                reduction.assign(self._block_projection(shallow, deep[:, :deep_features]))
 
     def _graph_patch_scores(self, features):
         distances = 0.0
